@@ -24,7 +24,7 @@ pub struct Memfd {
 impl Memfd {
     /// Creates a memfd of `size` bytes (a multiple of [`PAGE_SIZE`]); all pages start as holes.
     pub fn create(name: &str, size: u64) -> Result<Self, Error> {
-        if size == 0 || size % PAGE_SIZE as u64 != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE as u64) {
             return Err(Error::BadSize { size });
         }
         let cname = CString::new(name).map_err(|_| Error::BadName)?;
