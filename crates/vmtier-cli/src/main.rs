@@ -1,1 +1,143 @@
-fn main() {}
+//! `vmtier`: tiered VM memory — demo, run, bench.
+
+mod bench_fault;
+mod job;
+mod run_config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vmtier_engine::{ByteSize, PolicyKind};
+
+use crate::run_config::RunConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmtier",
+    version,
+    about = "Three-tier VM memory with a Memory Tier Manager, driven by real page faults"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a guest on the embedded default: ./vmtier-data, 1 GiB guest, 256 MiB DRAM budget.
+    Demo {
+        #[command(flatten)]
+        opts: JobOpts,
+    },
+    /// Run a guest as a TOML configuration file describes (see examples/vmtier.toml).
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        opts: JobOpts,
+    },
+    /// Benchmarks that compare against baselines measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// The fault path (4 KiB and batched) against the raw UFFDIO_COPY floor and the device.
+    Fault(bench_fault::Args),
+}
+
+/// Options shared by `demo` and `run`; they override the file's values.
+#[derive(Debug, clap::Args)]
+struct JobOpts {
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Guest memory size, e.g. 1GiB.
+    #[arg(long)]
+    memory: Option<ByteSize>,
+    /// DRAM budget, e.g. 256MiB.
+    #[arg(long)]
+    dram: Option<ByteSize>,
+    /// Workload: zipf, scan, uniform or phases.
+    #[arg(long)]
+    workload: Option<String>,
+    /// Accesses in the access stage.
+    #[arg(long)]
+    accesses: Option<u64>,
+    /// Placement policy: hotset or threshold.
+    #[arg(long)]
+    policy: Option<PolicyKind>,
+    /// Directory for tier 2 and tier 3.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9898.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl JobOpts {
+    fn apply(&self, cfg: &mut RunConfig) -> anyhow::Result<()> {
+        if let Some(m) = self.memory {
+            cfg.engine.memory = m;
+        }
+        if let Some(d) = self.dram {
+            cfg.engine.dram = d;
+        }
+        if let Some(w) = &self.workload {
+            cfg.workload.kind = w.clone();
+        }
+        if let Some(a) = self.accesses {
+            cfg.workload.accesses = a;
+        }
+        if let Some(p) = self.policy {
+            cfg.engine.mtm.policy = p;
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if let Some(a) = self.metrics_addr {
+            cfg.metrics.addr = Some(a);
+        }
+        cfg.finish()
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VMTIER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmtier: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verified = match cli.command {
+        Command::Demo { opts } => {
+            let mut cfg = RunConfig::default();
+            opts.apply(&mut cfg)?;
+            job::run(&cfg, opts.json)?
+        }
+        Command::Run { config, opts } => {
+            let mut cfg = RunConfig::load(&config)?;
+            opts.apply(&mut cfg)
+                .map_err(|e| e.context(format!("config file {} with command-line overrides", config.display())))?;
+            job::run(&cfg, opts.json)?
+        }
+        Command::Bench { bench: Bench::Fault(args) } => {
+            bench_fault::run(&args)?;
+            true
+        }
+    };
+    Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -32,17 +32,11 @@ impl Memfd {
         // valid `memfd_create` flags.
         let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
-            return Err(Error::Syscall {
-                op: "memfd_create",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(Error::Syscall { op: "memfd_create", source: std::io::Error::last_os_error() });
         }
         // SAFETY: `fd` was just returned by `memfd_create`, is valid and owned by nobody else.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(size).map_err(|source| Error::Syscall {
-            op: "ftruncate(memfd)",
-            source,
-        })?;
+        file.set_len(size).map_err(|source| Error::Syscall { op: "ftruncate(memfd)", source })?;
         Ok(Self { file, size })
     }
 
@@ -58,12 +52,7 @@ impl Memfd {
 
     /// Reads `buf.len()` bytes at `offset`. A hole reads as zeros and stays a hole.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|source| Error::Syscall {
-                op: "pread(memfd)",
-                source,
-            })
+        self.file.read_exact_at(buf, offset).map_err(|source| Error::Syscall { op: "pread(memfd)", source })
     }
 
     /// Drops the pages in `[offset, offset+len)` from the file and from every mapping of it
@@ -79,10 +68,7 @@ impl Memfd {
             )
         };
         if rc != 0 {
-            return Err(Error::Syscall {
-                op: "fallocate(PUNCH_HOLE)",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(Error::Syscall { op: "fallocate(PUNCH_HOLE)", source: std::io::Error::last_os_error() });
         }
         Ok(())
     }
@@ -90,10 +76,7 @@ impl Memfd {
     /// Bytes of the file that occupy memory (pages present), from `fstat`'s block count.
     pub fn resident_bytes(&self) -> Result<u64, Error> {
         use std::os::unix::fs::MetadataExt;
-        let meta = self.file.metadata().map_err(|source| Error::Syscall {
-            op: "fstat(memfd)",
-            source,
-        })?;
+        let meta = self.file.metadata().map_err(|source| Error::Syscall { op: "fstat(memfd)", source })?;
         Ok(meta.blocks() * 512)
     }
 }
@@ -121,8 +104,7 @@ unsafe impl Sync for SharedMapping {}
 impl SharedMapping {
     /// Maps all of `memfd` shared, readable and writable.
     pub fn new(memfd: &Memfd) -> Result<Self, Error> {
-        let len =
-            usize::try_from(memfd.size()).map_err(|_| Error::BadSize { size: memfd.size() })?;
+        let len = usize::try_from(memfd.size()).map_err(|_| Error::BadSize { size: memfd.size() })?;
         // SAFETY: a fresh mapping chosen by the kernel (addr = NULL) cannot overlap any Rust
         // object; the fd is valid and `len` equals its size.
         let addr = unsafe {
@@ -136,10 +118,7 @@ impl SharedMapping {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(Error::Syscall {
-                op: "mmap(memfd)",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(Error::Syscall { op: "mmap(memfd)", source: std::io::Error::last_os_error() });
         }
         let base = NonNull::new(addr.cast::<u8>()).ok_or(Error::BadSize { size: memfd.size() })?;
         Ok(Self { base, len })
@@ -176,26 +155,14 @@ impl SharedMapping {
     /// is how vmtier samples accesses to resident pages.
     pub fn zap(&self, offset: usize, len: usize) -> Result<(), Error> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(Error::OutOfRange {
-                offset: offset as u64,
-                len: len as u64,
-            });
+            return Err(Error::OutOfRange { offset: offset as u64, len: len as u64 });
         }
         // SAFETY: the range lies inside our own mapping (checked above). MADV_DONTNEED on a
         // shared file mapping only drops page-table entries; the data stays in the memfd, so no
         // Rust-visible memory changes.
-        let rc = unsafe {
-            libc::madvise(
-                self.base.as_ptr().add(offset).cast(),
-                len,
-                libc::MADV_DONTNEED,
-            )
-        };
+        let rc = unsafe { libc::madvise(self.base.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
         if rc != 0 {
-            return Err(Error::Syscall {
-                op: "madvise(DONTNEED)",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(Error::Syscall { op: "madvise(DONTNEED)", source: std::io::Error::last_os_error() });
         }
         Ok(())
     }

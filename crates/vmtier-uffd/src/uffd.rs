@@ -205,10 +205,7 @@ pub struct Uffd {
 }
 
 fn syscall_err(op: &'static str) -> Error {
-    Error::Syscall {
-        op,
-        source: std::io::Error::last_os_error(),
-    }
+    Error::Syscall { op, source: std::io::Error::last_os_error() }
 }
 
 fn open_raw() -> Result<OwnedFd, Error> {
@@ -220,28 +217,19 @@ fn open_raw() -> Result<OwnedFd, Error> {
         return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     }
     // The syscall may be refused to unprivileged users; /dev/userfaultfd is the other door.
-    let dev = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/userfaultfd")
-        .map_err(|source| Error::Open { source })?;
+    let dev =
+        OpenOptions::new().read(true).write(true).open("/dev/userfaultfd").map_err(|source| Error::Open { source })?;
     // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its integer argument and returns a new fd.
     let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW as _, flags) };
     if fd < 0 {
-        return Err(Error::Open {
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(Error::Open { source: std::io::Error::last_os_error() });
     }
     // SAFETY: as above, a fresh fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn api(fd: &OwnedFd, features: u64) -> Result<UffdioApi, std::io::Error> {
-    let mut arg = UffdioApi {
-        api: UFFD_API,
-        features,
-        ioctls: 0,
-    };
+    let mut arg = UffdioApi { api: UFFD_API, features, ioctls: 0 };
     // SAFETY: `arg` is a valid, correctly sized `uffdio_api` that the kernel reads and writes.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut arg) };
     if rc != 0 {
@@ -254,12 +242,7 @@ impl Uffd {
     /// Features this kernel offers (probed on a throw-away userfaultfd).
     pub fn supported_features() -> Result<u64, Error> {
         let fd = open_raw()?;
-        api(&fd, 0)
-            .map(|a| a.features)
-            .map_err(|source| Error::Syscall {
-                op: "UFFDIO_API",
-                source,
-            })
+        api(&fd, 0).map(|a| a.features).map_err(|source| Error::Syscall { op: "UFFDIO_API", source })
     }
 
     /// Opens a non-blocking userfaultfd with `features` (each must be supported).
@@ -270,14 +253,8 @@ impl Uffd {
             return Err(Error::Unsupported { missing, supported });
         }
         let fd = open_raw()?;
-        let got = api(&fd, features).map_err(|source| Error::Syscall {
-            op: "UFFDIO_API",
-            source,
-        })?;
-        Ok(Self {
-            fd,
-            features: got.features,
-        })
+        let got = api(&fd, features).map_err(|source| Error::Syscall { op: "UFFDIO_API", source })?;
+        Ok(Self { fd, features: got.features })
     }
 
     /// The feature bits in force.
@@ -288,10 +265,7 @@ impl Uffd {
     /// Registers the whole of `mapping` with the given `mode` bits.
     pub fn register(&self, mapping: &SharedMapping, mode_bits: u64) -> Result<(), Error> {
         let mut arg = UffdioRegister {
-            range: UffdioRange {
-                start: mapping.base() as u64,
-                len: mapping.len() as u64,
-            },
+            range: UffdioRange { start: mapping.base() as u64, len: mapping.len() as u64 },
             mode: mode_bits,
             ioctls: 0,
         };
@@ -306,17 +280,8 @@ impl Uffd {
 
     /// Waits up to `timeout` for events (None = until one arrives) and appends what is ready,
     /// at most `max`, to `out`. Returns how many were read.
-    pub fn read_events(
-        &self,
-        out: &mut Vec<Event>,
-        max: usize,
-        timeout: Option<Duration>,
-    ) -> Result<usize, Error> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+    pub fn read_events(&self, out: &mut Vec<Event>, max: usize, timeout: Option<Duration>) -> Result<usize, Error> {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
         // SAFETY: one valid pollfd, count 1.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -325,10 +290,7 @@ impl Uffd {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 return Ok(0);
             }
-            return Err(Error::Syscall {
-                op: "poll(userfaultfd)",
-                source: e,
-            });
+            return Err(Error::Syscall { op: "poll(userfaultfd)", source: e });
         }
         if rc == 0 {
             return Ok(0);
@@ -336,24 +298,13 @@ impl Uffd {
         let mut msgs = [UffdMsg::default(); 64];
         let want = max.clamp(1, msgs.len());
         // SAFETY: the buffer holds `want` messages of the kernel's `uffd_msg` size.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr().cast(),
-                want * size_of::<UffdMsg>(),
-            )
-        };
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), msgs.as_mut_ptr().cast(), want * size_of::<UffdMsg>()) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.kind() == std::io::ErrorKind::Interrupted
-            {
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted {
                 return Ok(0);
             }
-            return Err(Error::Syscall {
-                op: "read(userfaultfd)",
-                source: e,
-            });
+            return Err(Error::Syscall { op: "read(userfaultfd)", source: e });
         }
         let count = n as usize / size_of::<UffdMsg>();
         for m in &msgs[..count] {
@@ -373,26 +324,17 @@ impl Uffd {
                         write: flags & FLAG_WRITE != 0,
                     }
                 }
-                UFFD_EVENT_REMOVE => Event::Remove {
-                    start: m.arg0 as usize,
-                    end: m.arg1 as usize,
-                },
+                UFFD_EVENT_REMOVE => Event::Remove { start: m.arg0 as usize, end: m.arg1 as usize },
                 other => Event::Other(other),
             });
         }
         Ok(count)
     }
 
-    fn range_ioctl(
-        &self,
-        op: &'static str,
-        req: u64,
-        arg: &mut UffdioRangeOp,
-    ) -> Result<Filled, Error> {
+    fn range_ioctl(&self, op: &'static str, req: u64, arg: &mut UffdioRangeOp) -> Result<Filled, Error> {
         loop {
             // SAFETY: `arg` is a correctly sized struct for `req` (all three share one layout).
-            let rc =
-                unsafe { libc::ioctl(self.fd.as_raw_fd(), req as _, arg as *mut UffdioRangeOp) };
+            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), req as _, arg as *mut UffdioRangeOp) };
             if rc == 0 {
                 return Ok(Filled::Done);
             }
@@ -408,24 +350,12 @@ impl Uffd {
     /// `UFFDIO_COPY`: fills the absent pages at `dst` with `src` (a multiple of the page size).
     /// With `write_protect`, the pages are mapped write-protected, so the first write raises a
     /// WP fault. Wakes the faulting threads unless `wake` is false.
-    pub fn copy(
-        &self,
-        dst: usize,
-        src: &[u8],
-        write_protect: bool,
-        wake: bool,
-    ) -> Result<Filled, Error> {
+    pub fn copy(&self, dst: usize, src: &[u8], write_protect: bool, wake: bool) -> Result<Filled, Error> {
         let mut mode = if write_protect { COPY_MODE_WP } else { 0 };
         if !wake {
             mode |= COPY_MODE_DONTWAKE;
         }
-        let mut arg = UffdioCopy {
-            dst: dst as u64,
-            src: src.as_ptr() as u64,
-            len: src.len() as u64,
-            mode,
-            copy: 0,
-        };
+        let mut arg = UffdioCopy { dst: dst as u64, src: src.as_ptr() as u64, len: src.len() as u64, mode, copy: 0 };
         loop {
             // SAFETY: `arg` is a correctly sized `uffdio_copy`; the kernel reads `src.len()` bytes
             // from the live slice and writes only into absent pages of a registered range, which
@@ -447,10 +377,7 @@ impl Uffd {
                 }
                 Some(libc::EAGAIN) => continue,
                 _ => {
-                    return Err(Error::Syscall {
-                        op: "UFFDIO_COPY",
-                        source: e,
-                    });
+                    return Err(Error::Syscall { op: "UFFDIO_COPY", source: e });
                 }
             }
         }
@@ -458,14 +385,7 @@ impl Uffd {
 
     /// `UFFDIO_ZEROPAGE`: fills absent pages with zeros, without any copy.
     pub fn zeropage(&self, dst: usize, len: usize) -> Result<Filled, Error> {
-        let mut arg = UffdioRangeOp {
-            range: UffdioRange {
-                start: dst as u64,
-                len: len as u64,
-            },
-            mode: 0,
-            result: 0,
-        };
+        let mut arg = UffdioRangeOp { range: UffdioRange { start: dst as u64, len: len as u64 }, mode: 0, result: 0 };
         self.range_ioctl("UFFDIO_ZEROPAGE", UFFDIO_ZEROPAGE, &mut arg)
     }
 
@@ -473,75 +393,43 @@ impl Uffd {
     /// write-protected if `write_protect`.
     pub fn continue_(&self, dst: usize, len: usize, write_protect: bool) -> Result<Filled, Error> {
         let mode = if write_protect { CONTINUE_MODE_WP } else { 0 };
-        let mut arg = UffdioRangeOp {
-            range: UffdioRange {
-                start: dst as u64,
-                len: len as u64,
-            },
-            mode,
-            result: 0,
-        };
+        let mut arg = UffdioRangeOp { range: UffdioRange { start: dst as u64, len: len as u64 }, mode, result: 0 };
         self.range_ioctl("UFFDIO_CONTINUE", UFFDIO_CONTINUE, &mut arg)
     }
 
     /// `UFFDIO_POISON`: later accesses to the pages raise SIGBUS. Used for a page whose stored
     /// copy failed its checksum: the guest must never see wrong data.
     pub fn poison(&self, dst: usize, len: usize) -> Result<Filled, Error> {
-        let mut arg = UffdioRangeOp {
-            range: UffdioRange {
-                start: dst as u64,
-                len: len as u64,
-            },
-            mode: 0,
-            result: 0,
-        };
+        let mut arg = UffdioRangeOp { range: UffdioRange { start: dst as u64, len: len as u64 }, mode: 0, result: 0 };
         self.range_ioctl("UFFDIO_POISON", UFFDIO_POISON, &mut arg)
     }
 
     /// `UFFDIO_WRITEPROTECT`: sets (`protect`) or clears write protection on mapped pages.
-    /// Clearing wakes threads blocked on the WP fault unless `wake` is false.
-    pub fn write_protect(
-        &self,
-        start: usize,
-        len: usize,
-        protect: bool,
-        wake: bool,
-    ) -> Result<(), Error> {
+    /// Clearing wakes threads blocked on the WP fault unless `wake` is false; `wake` is ignored
+    /// when protecting (the kernel refuses DONTWAKE with WP, and there is nobody to wake).
+    pub fn write_protect(&self, start: usize, len: usize, protect: bool, wake: bool) -> Result<(), Error> {
         let mut mode = if protect { WRITEPROTECT_MODE_WP } else { 0 };
-        if !wake {
+        if !wake && !protect {
             mode |= WRITEPROTECT_MODE_DONTWAKE;
         }
-        let mut arg = UffdioWriteprotect {
-            range: UffdioRange {
-                start: start as u64,
-                len: len as u64,
-            },
-            mode,
-        };
+        let mut arg = UffdioWriteprotect { range: UffdioRange { start: start as u64, len: len as u64 }, mode };
         loop {
             // SAFETY: `arg` is a correctly sized `uffdio_writeprotect`; changing protection of our
             // own registered range does not alter memory contents.
-            let rc =
-                unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut arg) };
+            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut arg) };
             if rc == 0 {
                 return Ok(());
             }
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EAGAIN) {
-                return Err(Error::Syscall {
-                    op: "UFFDIO_WRITEPROTECT",
-                    source: e,
-                });
+                return Err(Error::Syscall { op: "UFFDIO_WRITEPROTECT", source: e });
             }
         }
     }
 
     /// `UFFDIO_WAKE`: wakes threads blocked on faults in the range, which then retry the access.
     pub fn wake(&self, start: usize, len: usize) -> Result<(), Error> {
-        let mut arg = UffdioRange {
-            start: start as u64,
-            len: len as u64,
-        };
+        let mut arg = UffdioRange { start: start as u64, len: len as u64 };
         // SAFETY: `arg` is a correctly sized `uffdio_range`.
         let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE as _, &mut arg) };
         if rc != 0 {

@@ -1,0 +1,205 @@
+//! The `vmtier run` configuration file: an engine, a guest workload, metrics.
+//!
+//! ```toml
+//! data_dir = "vmtier-data"      # tier 2 and tier 3 live under it unless set below
+//! [engine]
+//! memory = "1GiB"
+//! dram = "256MiB"
+//! [engine.mtm]
+//! policy = "hotset"             # or "threshold"
+//! [workload]
+//! kind = "zipf"
+//! skew = 0.99
+//! accesses = 2000000
+//! ```
+//!
+//! `examples/vmtier.toml` lists every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use vmtier_engine::EngineConfig;
+use vmtier_workload::{WorkloadConfig, WorkloadKind};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Directory for tier 2 (`<data_dir>/tier2`) and tier 3 (`<data_dir>/tier3`) unless
+    /// `engine.tier2.dir` / `engine.tier3.url` are set.
+    pub data_dir: PathBuf,
+    /// The engine.
+    pub engine: EngineConfig,
+    /// The in-process guest.
+    pub workload: WorkloadSection,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsSection,
+    #[serde(skip)]
+    tier2_set: bool,
+    #[serde(skip)]
+    tier3_set: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("vmtier-data"),
+            engine: EngineConfig::default(),
+            workload: WorkloadSection::default(),
+            metrics: MetricsSection::default(),
+            tier2_set: false,
+            tier3_set: false,
+        }
+    }
+}
+
+/// `[workload]`: which guest access pattern runs, flat keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadSection {
+    /// `zipf`, `scan`, `uniform` or `phases`.
+    pub kind: String,
+    /// Zipf skew.
+    pub skew: f64,
+    /// Scan passes.
+    pub passes: u32,
+    /// Phases: hot-set fraction.
+    pub hot_fraction: f64,
+    /// Phases: number of phases.
+    pub phases: u32,
+    /// Accesses in the access stage.
+    pub accesses: u64,
+    /// Guest threads.
+    pub threads: usize,
+    /// Random seed.
+    pub seed: u64,
+    /// Write every page once first.
+    pub populate: bool,
+    /// Fraction of accesses that write.
+    pub write_fraction: f64,
+}
+
+impl Default for WorkloadSection {
+    fn default() -> Self {
+        let d = WorkloadConfig::default();
+        Self {
+            kind: "zipf".into(),
+            skew: vmtier_workload::config::DEFAULT_SKEW,
+            passes: vmtier_workload::config::DEFAULT_PASSES,
+            hot_fraction: vmtier_workload::config::DEFAULT_HOT_FRACTION,
+            phases: vmtier_workload::config::DEFAULT_PHASES,
+            accesses: 2_000_000,
+            threads: 2,
+            seed: d.seed,
+            populate: true,
+            write_fraction: d.write_fraction,
+        }
+    }
+}
+
+impl WorkloadSection {
+    /// The workload crate's configuration.
+    pub fn to_config(&self) -> anyhow::Result<WorkloadConfig> {
+        let kind = match self.kind.as_str() {
+            "zipf" => WorkloadKind::Zipf { skew: self.skew },
+            "scan" => WorkloadKind::Scan { passes: self.passes },
+            "uniform" => WorkloadKind::Uniform,
+            "phases" => WorkloadKind::Phases { hot_fraction: self.hot_fraction, phases: self.phases },
+            other => bail!("invalid `workload.kind` = \"{other}\": expected one of zipf, scan, uniform, phases"),
+        };
+        Ok(WorkloadConfig {
+            kind,
+            accesses: self.accesses,
+            threads: self.threads,
+            seed: self.seed,
+            populate: self.populate,
+            write_fraction: self.write_fraction,
+            ..WorkloadConfig::default()
+        })
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve Prometheus metrics at this address (e.g. `127.0.0.1:9898`); off if unset.
+    pub addr: Option<SocketAddr>,
+}
+
+impl RunConfig {
+    /// Loads and validates a file; errors name the file, the key and what is allowed.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let raw: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let mut cfg: RunConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let engine = raw.get("engine").and_then(|e| e.as_table());
+        cfg.tier2_set =
+            engine.and_then(|e| e.get("tier2")).and_then(|t| t.as_table()).is_some_and(|t| t.contains_key("dir"));
+        cfg.tier3_set =
+            engine.and_then(|e| e.get("tier3")).and_then(|t| t.as_table()).is_some_and(|t| t.contains_key("url"));
+        cfg.finish()?;
+        Ok(cfg)
+    }
+
+    /// Derives the tier locations from `data_dir` and validates everything.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        if !self.tier2_set {
+            self.engine.tier2.dir = self.data_dir.join("tier2");
+        }
+        if !self.tier3_set {
+            self.engine.tier3.url = self.data_dir.join("tier3").to_string_lossy().into_owned();
+        }
+        self.engine.validate("engine.")?;
+        self.workload.to_config()?;
+        if self.workload.threads == 0 || self.workload.threads > 256 {
+            bail!("invalid `workload.threads` = {}: 1 to 256", self.workload.threads);
+        }
+        if !(0.0..=1.0).contains(&self.workload.write_fraction) {
+            bail!("invalid `workload.write_fraction` = {}: a fraction from 0 to 1", self.workload.write_fraction);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../examples/vmtier.toml");
+        let cfg = RunConfig::parse(text).unwrap();
+        assert_eq!(cfg.engine.memory.0, 1 << 30);
+        assert_eq!(cfg.engine.tier2.dir, PathBuf::from("vmtier-data/tier2"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = format!("{:#}", RunConfig::parse("[engine]\ndram = \"8GiB\"").unwrap_err());
+        assert!(e.contains("engine.dram") && e.contains("8GiB") && e.contains("cannot exceed"), "{e}");
+        let e = format!("{:#}", RunConfig::parse("[workload]\nkind = \"random\"").unwrap_err());
+        assert!(e.contains("workload.kind") && e.contains("zipf, scan"), "{e}");
+        let e = format!("{:#}", RunConfig::parse("[engine]\nmemroy = \"1GiB\"").unwrap_err());
+        assert!(e.contains("memroy"), "{e}");
+        let e = format!("{:#}", RunConfig::parse("[engine.mtm]\npolicy = \"lru\"").unwrap_err());
+        assert!(e.contains("lru") && e.contains("hotset"), "{e}");
+        let e = format!("{:#}", RunConfig::parse("[engine]\nmemory = \"1 gallon\"").unwrap_err());
+        assert!(e.contains("1 gallon"), "{e}");
+    }
+
+    #[test]
+    fn explicit_tier_locations_are_kept() {
+        let cfg = RunConfig::parse("[engine.tier3]\nurl = \"s3://bucket/vm1\"").unwrap();
+        assert_eq!(cfg.engine.tier3.url, "s3://bucket/vm1");
+        assert_eq!(cfg.engine.tier2.dir, PathBuf::from("vmtier-data/tier2"));
+    }
+}

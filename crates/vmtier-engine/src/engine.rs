@@ -1,0 +1,393 @@
+//! The engine: guest memory on a memfd registered with userfaultfd, three tiers, fault handler
+//! threads and the MTM thread, put together.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+use vmtier_storage::object::{ObjectConfig, ObjectTier};
+use vmtier_storage::ssd::{SsdConfig, SsdStore};
+use vmtier_uffd::uffd::{feature, mode};
+use vmtier_uffd::{AlignedBuf, Memfd, PAGE_SIZE, SharedMapping, Uffd};
+
+use crate::config::EngineConfig;
+use crate::dram::DramBudget;
+use crate::error::EngineError;
+use crate::mtm::Mtm;
+use crate::page_table::{Home, PageTable, PageView};
+use crate::pager::Pager;
+use crate::policy::{self, Tier};
+use crate::stats::LatencyUs;
+use crate::tracker::{AccessEvent, Tracker};
+
+/// userfaultfd features the engine needs (all present since Linux 5.19; WP on shmem since 5.19,
+/// MINOR on shmem since 5.13).
+pub const FEATURES: u64 = feature::MISSING_SHMEM
+    | feature::MINOR_SHMEM
+    | feature::WP_HUGETLBFS_SHMEM
+    | feature::PAGEFAULT_FLAG_WP
+    | feature::POISON;
+
+/// A running tiered guest memory.
+#[derive(Debug)]
+pub struct Engine {
+    pager: Arc<Pager>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    cfg: EngineConfig,
+    policy: &'static str,
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|source| EngineError::Thread { name: name.into(), source })
+}
+
+impl Engine {
+    /// Validates `cfg`, opens the tiers (both start empty), maps guest memory, and starts the
+    /// fault handlers and (if enabled) the MTM.
+    pub fn start(cfg: EngineConfig) -> Result<Self, EngineError> {
+        cfg.validate("")?;
+        let pages = cfg.pages();
+        let memfd = Memfd::create("vmtier-guest", cfg.memory.0).map_err(EngineError::Memory)?;
+        let map = SharedMapping::new(&memfd).map_err(EngineError::Memory)?;
+        let uffd = Uffd::new(FEATURES).map_err(EngineError::Memory)?;
+        uffd.register(&map, mode::MISSING | mode::WP | mode::MINOR).map_err(EngineError::Memory)?;
+        let mut ssd_cfg = SsdConfig::new(cfg.tier2.dir.clone());
+        ssd_cfg.slots_per_file = cfg.tier2.slots_per_file;
+        ssd_cfg.direct_io = cfg.tier2.direct_io;
+        let ssd = SsdStore::open(ssd_cfg).map_err(EngineError::OpenTier2)?;
+        let t3 = &cfg.tier3;
+        let obj_cfg = ObjectConfig {
+            url: t3.url.clone(),
+            endpoint: t3.endpoint.clone(),
+            region: t3.region.clone(),
+            access_key_id: t3.access_key_id.clone(),
+            secret_access_key: t3.secret_access_key.clone(),
+            allow_http: t3.allow_http,
+            segment_bytes: t3.segment_bytes.0 as usize,
+            compact_dead_fraction: t3.compact_dead_fraction,
+        };
+        let object = ObjectTier::open(obj_cfg).map_err(EngineError::OpenTier3)?;
+        let half_life_ticks = (cfg.tracker.half_life_ms / cfg.mtm.tick_ms).max(1) as u32;
+        let tracker = Tracker::new(cfg.tracker.gain, half_life_ticks, cfg.tracker.history);
+        let pager = Arc::new(Pager::new(
+            PageTable::new(pages),
+            memfd,
+            map,
+            uffd,
+            DramBudget::new(cfg.dram_pages()),
+            ssd,
+            object,
+            tracker,
+            t3.segment_bytes.0 as usize / PAGE_SIZE,
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut engine = Self {
+            pager: Arc::clone(&pager),
+            stop: Arc::clone(&stop),
+            threads: Vec::new(),
+            cfg: cfg.clone(),
+            policy: "none",
+        };
+        for i in 0..cfg.fault.handler_threads {
+            let (p, s) = (Arc::clone(&pager), Arc::clone(&stop));
+            engine.threads.push(spawn(&format!("vmtier-fault-{i}"), move || crate::fault::handler_loop(&p, &s))?);
+        }
+        if cfg.mtm.enabled {
+            let policy = policy::from_config(&cfg);
+            engine.policy = policy.name();
+            let mut mtm = Mtm::new(cfg.clone(), policy);
+            let (p, s) = (Arc::clone(&pager), Arc::clone(&stop));
+            engine.threads.push(spawn("vmtier-mtm", move || mtm.run(&p, &s))?);
+        }
+        Ok(engine)
+    }
+
+    /// The guest memory as 64-bit words, for an in-process guest. Accesses fault pages in.
+    pub fn guest_words(&self) -> &[AtomicU64] {
+        self.pager.map.as_words()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Number of guest pages.
+    pub fn pages(&self) -> usize {
+        self.pager.table.len()
+    }
+
+    fn check(&self, page: usize) -> Result<(), EngineError> {
+        if page >= self.pages() {
+            return Err(EngineError::NoSuchPage { page: page as u64, pages: self.pages() as u64 });
+        }
+        Ok(())
+    }
+
+    /// The page-table entry of `page`.
+    pub fn page(&self, page: usize) -> Result<PageView, EngineError> {
+        self.check(page)?;
+        Ok(self.pager.table.get(page).view())
+    }
+
+    /// Reads a page's current content from wherever it is, without faulting it in. Stored copies
+    /// are checksum-checked; a corrupt one is an error, never data.
+    pub fn read_page(&self, page: usize, out: &mut [u8]) -> Result<(), EngineError> {
+        self.check(page)?;
+        let g = self.pager.table.get(page).try_lock().ok_or(EngineError::Busy { page: page as u64 })?;
+        let v = g.view();
+        if v.resident() {
+            return self.pager.memfd.read_at(out, (page * PAGE_SIZE) as u64).map_err(|source| EngineError::PageOp {
+                op: "pread",
+                page: page as u64,
+                source,
+            });
+        }
+        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+        match v.home() {
+            Home::Zero => out.fill(0),
+            Home::Ssd(slot) => {
+                self.pager
+                    .ssd
+                    .read(slot, v.crc, &mut buf)
+                    .map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
+                out.copy_from_slice(&buf);
+            }
+            Home::Object(loc) => {
+                self.pager
+                    .object
+                    .read(loc, v.crc, &mut buf)
+                    .map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
+                out.copy_from_slice(&buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one page by hand (tests, tools): `Dram` promotes it, `Ssd` evicts it to tier 2 (or
+    /// moves its stored copy up from tier 3), `Object` moves it to tier 3. Returns whether it moved.
+    pub fn move_page(&self, page: usize, to: Tier) -> Result<bool, EngineError> {
+        self.check(page)?;
+        let p = &self.pager;
+        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+        match to {
+            Tier::Dram => p.promote(page, &mut buf),
+            Tier::Object => Ok(p.move_to_object(&[page])? == 1),
+            Tier::Ssd => {
+                let g = p.table.get(page).try_lock().ok_or(EngineError::Busy { page: page as u64 })?;
+                if g.view().resident() {
+                    p.evict(page, &g, &mut buf, true)?;
+                    Ok(true)
+                } else {
+                    drop(g);
+                    p.move_to_ssd(page, &mut buf)
+                }
+            }
+        }
+    }
+
+    /// Runs one compaction of tier 2 and tier 3 now.
+    pub fn compact(&self) {
+        let policy = policy::from_config(&self.cfg);
+        Mtm::new(self.cfg.clone(), policy).compact(&self.pager);
+    }
+
+    /// Takes the access events recorded since the last call.
+    pub fn drain_history(&self) -> Vec<AccessEvent> {
+        let mut out = Vec::new();
+        self.pager.tracker.drain_history(&mut out);
+        out
+    }
+
+    /// Counters and occupancy now.
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot(&self.pager, &self.cfg, self.policy)
+    }
+
+    /// Stops the MTM and the fault handlers (the guest must be finished) and returns the final
+    /// snapshot.
+    pub fn shutdown(mut self) -> Snapshot {
+        self.stop_threads();
+        self.snapshot()
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// A report of the engine's state, as printed by `vmtier demo --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Guest memory size.
+    pub guest_bytes: u64,
+    /// DRAM budget.
+    pub dram_budget_bytes: u64,
+    /// Guest bytes in DRAM now.
+    pub resident_bytes: u64,
+    /// Highest guest bytes in DRAM at any moment.
+    pub peak_resident_bytes: u64,
+    /// Placement policy.
+    pub policy: &'static str,
+    /// Pages per tier: "1" DRAM, "2" tier-2 store, "3" object store.
+    pub pages_in_tier: BTreeMap<String, u64>,
+    /// Pages never written (zeros, stored nowhere).
+    pub zero_pages: u64,
+    /// Pages whose DRAM copy differs from the stored one.
+    pub dirty_pages: u64,
+    /// Faults that brought a page into DRAM (MISSING).
+    pub faults: u64,
+    /// MINOR faults from access sampling.
+    pub sample_faults: u64,
+    /// WP faults (first writes).
+    pub write_faults: u64,
+    /// Faults served by zero-fill.
+    pub zero_fills: u64,
+    /// Faults served from tier 2 / tier 3.
+    pub tier2_hits: u64,
+    /// Faults served from tier 3.
+    pub tier3_hits: u64,
+    /// Pages brought into DRAM ahead of use.
+    pub promotions: u64,
+    /// Pages removed from DRAM.
+    pub demotions: u64,
+    /// Of those, evictions done on the fault path.
+    pub direct_reclaims: u64,
+    /// Evictions without a write (unchanged pages).
+    pub clean_evictions: u64,
+    /// Stored pages moved tier 2 -> 3.
+    pub moves_2_to_3: u64,
+    /// Stored pages moved tier 3 -> 2.
+    pub moves_3_to_2: u64,
+    /// Bytes written to tier 2 / 3, and read from either.
+    pub tier2_bytes_written: u64,
+    /// Bytes written to tier 3.
+    pub tier3_bytes_written: u64,
+    /// Bytes read from tiers 2 and 3.
+    pub bytes_read: u64,
+    /// Resident pages unmapped for sampling.
+    pub sampled: u64,
+    /// Faults deferred (page busy or DRAM full at that instant).
+    pub parked: u64,
+    /// Stored copies found corrupt (never served).
+    pub corrupt_pages: u64,
+    /// Storage errors.
+    pub io_errors: u64,
+    /// Tier-2 slots moved by compaction.
+    pub compacted_slots: u64,
+    /// Tier-3 segments compacted.
+    pub compacted_segments: u64,
+    /// Tier-2 store: files, live slots, bytes on disk.
+    pub tier2_files: u64,
+    /// Live tier-2 slots.
+    pub tier2_live_slots: u64,
+    /// Disk bytes allocated by tier-2 files.
+    pub tier2_disk_bytes: u64,
+    /// Tier-3 segments.
+    pub tier3_segments: u64,
+    /// Bytes stored in tier 3.
+    pub tier3_bytes_stored: u64,
+    /// Fault service latency (MISSING faults, from reading the event to resolving it).
+    pub fault_latency_us: LatencyUs,
+}
+
+fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
+    let mut tiers = [0u64; 4];
+    let mut zero = 0;
+    let mut dirty = 0;
+    for e in p.table.iter() {
+        let v = e.view();
+        match v.tier() {
+            0 => zero += 1,
+            t => tiers[t as usize] += 1,
+        }
+        dirty += u64::from(v.dirty());
+    }
+    let s = &p.stats;
+    let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let ssd = p.ssd.stats().unwrap_or_default();
+    let obj = p.object.stats();
+    Snapshot {
+        guest_bytes: cfg.memory.0,
+        dram_budget_bytes: cfg.dram.0,
+        resident_bytes: (p.budget.resident() * PAGE_SIZE) as u64,
+        peak_resident_bytes: (p.budget.peak() * PAGE_SIZE) as u64,
+        policy,
+        pages_in_tier: (1..=3).map(|t| (t.to_string(), tiers[t])).collect(),
+        zero_pages: zero,
+        dirty_pages: dirty,
+        faults: l(&s.faults_missing),
+        sample_faults: l(&s.faults_minor),
+        write_faults: l(&s.faults_wp),
+        zero_fills: l(&s.zero_fills),
+        tier2_hits: l(&s.tier2_hits),
+        tier3_hits: l(&s.tier3_hits),
+        promotions: l(&s.promotions),
+        demotions: l(&s.demotions),
+        direct_reclaims: l(&s.direct_reclaims),
+        clean_evictions: l(&s.clean_evictions),
+        moves_2_to_3: l(&s.moves_2_to_3),
+        moves_3_to_2: l(&s.moves_3_to_2),
+        tier2_bytes_written: l(&s.tier2_bytes_written),
+        tier3_bytes_written: l(&s.tier3_bytes_written),
+        bytes_read: l(&s.bytes_read),
+        sampled: l(&s.sampled),
+        parked: l(&s.parked),
+        corrupt_pages: l(&s.corrupt),
+        io_errors: l(&s.io_errors),
+        compacted_slots: l(&s.compacted_slots),
+        compacted_segments: l(&s.compacted_segments),
+        tier2_files: ssd.files as u64,
+        tier2_live_slots: ssd.live_slots,
+        tier2_disk_bytes: ssd.disk_bytes_allocated,
+        tier3_segments: obj.segments,
+        tier3_bytes_stored: obj.bytes_stored,
+        fault_latency_us: s.latency_us(),
+    }
+}
+
+/// Publishes the counters through the `metrics` facade (a no-op unless a recorder is installed,
+/// e.g. the Prometheus exporter of `--metrics-addr`).
+pub(crate) fn publish_metrics(p: &Pager) {
+    let s = &p.stats;
+    let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    metrics::gauge!("vmtier_resident_bytes").set((p.budget.resident() * PAGE_SIZE) as f64);
+    metrics::gauge!("vmtier_dram_budget_bytes").set((p.budget.cap() * PAGE_SIZE) as f64);
+    metrics::gauge!("vmtier_peak_resident_bytes").set((p.budget.peak() * PAGE_SIZE) as f64);
+    for (name, c) in [
+        ("vmtier_faults_missing_total", &s.faults_missing),
+        ("vmtier_faults_minor_total", &s.faults_minor),
+        ("vmtier_faults_wp_total", &s.faults_wp),
+        ("vmtier_zero_fills_total", &s.zero_fills),
+        ("vmtier_tier2_hits_total", &s.tier2_hits),
+        ("vmtier_tier3_hits_total", &s.tier3_hits),
+        ("vmtier_promotions_total", &s.promotions),
+        ("vmtier_demotions_total", &s.demotions),
+        ("vmtier_direct_reclaims_total", &s.direct_reclaims),
+        ("vmtier_tier2_bytes_written_total", &s.tier2_bytes_written),
+        ("vmtier_tier3_bytes_written_total", &s.tier3_bytes_written),
+        ("vmtier_bytes_read_total", &s.bytes_read),
+        ("vmtier_corrupt_pages_total", &s.corrupt),
+        ("vmtier_io_errors_total", &s.io_errors),
+    ] {
+        metrics::counter!(name).absolute(l(c));
+    }
+    let lat = s.latency_us();
+    metrics::gauge!("vmtier_fault_latency_p50_us").set(lat.p50);
+    metrics::gauge!("vmtier_fault_latency_p99_us").set(lat.p99);
+}

@@ -1,0 +1,172 @@
+//! The fault path: threads that read the userfaultfd and resolve each fault.
+//!
+//! A fault never waits for the MTM. If its page is being moved (lock taken) or DRAM cannot be
+//! freed right now, the fault is *parked* and retried on the next turn of the loop; the guest
+//! thread stays blocked in the kernel meanwhile, the handler goes on serving others.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::error;
+use vmtier_uffd::{AlignedBuf, Event, FaultKind, Filled, PAGE_SIZE};
+
+use crate::page_table::{DIRTY, POISONED};
+use crate::pager::Pager;
+use crate::stats::bump;
+use crate::tracker::AccessKind;
+
+/// A deferred fault gives up (and poisons its page) after this many failed attempts at I/O.
+const MAX_IO_ATTEMPTS: u32 = 50;
+
+enum Outcome {
+    Done,
+    Park,
+    IoFailed,
+}
+
+struct Parked {
+    event: Event,
+    since: Instant,
+    io_attempts: u32,
+}
+
+/// Runs one fault handler until `stop` is set.
+pub(crate) fn handler_loop(p: &Pager, stop: &AtomicBool) {
+    let mut events = Vec::with_capacity(64);
+    let mut parked: VecDeque<Parked> = VecDeque::new();
+    let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+    while !stop.load(Ordering::Relaxed) {
+        let timeout = if parked.is_empty() { Duration::from_millis(50) } else { Duration::from_micros(200) };
+        events.clear();
+        if let Err(e) = p.uffd.read_events(&mut events, 64, Some(timeout)) {
+            error!(error = %crate::error::chain(&e), "reading the userfaultfd failed; fault handler stops");
+            return;
+        }
+        for _ in 0..parked.len() {
+            let Some(mut item) = parked.pop_front() else {
+                break;
+            };
+            match handle(p, item.event, &mut buf) {
+                Outcome::Done => record(p, item.event, item.since),
+                Outcome::Park => parked.push_back(item),
+                Outcome::IoFailed => {
+                    item.io_attempts += 1;
+                    if item.io_attempts >= MAX_IO_ATTEMPTS {
+                        give_up(p, item.event);
+                    } else {
+                        parked.push_back(item);
+                    }
+                }
+            }
+        }
+        for &event in &events {
+            let since = Instant::now();
+            match handle(p, event, &mut buf) {
+                Outcome::Done => record(p, event, since),
+                Outcome::Park => {
+                    bump(&p.stats.parked);
+                    parked.push_back(Parked { event, since, io_attempts: 0 });
+                }
+                Outcome::IoFailed => parked.push_back(Parked { event, since, io_attempts: 1 }),
+            }
+        }
+    }
+}
+
+fn record(p: &Pager, event: Event, since: Instant) {
+    if let Event::Fault { kind: FaultKind::Missing, .. } = event {
+        p.stats.record_latency(since.elapsed().as_nanos() as u64);
+    }
+}
+
+/// A page whose stored copy cannot be read after many attempts is poisoned, so the guest gets
+/// SIGBUS instead of hanging forever.
+fn give_up(p: &Pager, event: Event) {
+    let Event::Fault { address, .. } = event else {
+        return;
+    };
+    let Some(page) = p.page_of(address) else {
+        return;
+    };
+    error!(page, "stored copy unreadable after {MAX_IO_ATTEMPTS} attempts; page poisoned");
+    if let Some(g) = p.table.get(page).try_lock() {
+        p.poison(page, &g);
+    }
+}
+
+fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
+    let Event::Fault { address, kind, write } = event else {
+        return Outcome::Done;
+    };
+    let Some(page) = p.page_of(address) else {
+        error!(address, "fault outside guest memory");
+        return Outcome::Done;
+    };
+    let entry = p.table.get(page);
+    let Some(g) = entry.try_lock() else {
+        return Outcome::Park;
+    };
+    let v = g.view();
+    let wake = || {
+        if let Err(e) = p.uffd.wake(address, PAGE_SIZE) {
+            error!(page, error = %crate::error::chain(&e), "UFFDIO_WAKE failed");
+        }
+    };
+    match kind {
+        FaultKind::Missing => {
+            bump(&p.stats.faults_missing);
+            if v.resident() {
+                wake();
+                return Outcome::Done;
+            }
+            if v.word & POISONED != 0 {
+                return Outcome::Done;
+            }
+            if !p.reserve_frame(buf) {
+                return Outcome::Park;
+            }
+            if let Err(e) = p.fill(page, &g, write, buf) {
+                p.budget.release(1);
+                if e.is_corruption() {
+                    error!(page, error = %crate::error::chain(&e), "stored copy is corrupt; page poisoned, the guest will get SIGBUS on it");
+                    p.poison(page, &g);
+                    return Outcome::Done;
+                }
+                bump(&p.stats.io_errors);
+                error!(page, error = %crate::error::chain(&e), "fault could not be served; will retry");
+                return Outcome::IoFailed;
+            }
+            p.tracker.observe(page as u64, entry, AccessKind::Fault, write);
+        }
+        FaultKind::WriteProtect => {
+            bump(&p.stats.faults_wp);
+            if !v.resident() {
+                wake();
+                return Outcome::Done;
+            }
+            g.set(DIRTY);
+            if let Err(e) = p.uffd.write_protect(address, PAGE_SIZE, false, true) {
+                error!(page, error = %crate::error::chain(&e), "lifting write protection failed");
+            }
+            p.tracker.observe(page as u64, entry, AccessKind::Write, true);
+        }
+        FaultKind::Minor => {
+            bump(&p.stats.faults_minor);
+            if !v.resident() {
+                wake();
+                return Outcome::Done;
+            }
+            if write {
+                g.set(DIRTY);
+            }
+            match p.uffd.continue_(address, PAGE_SIZE, !(v.dirty() || write)) {
+                Ok(Filled::Done) => {}
+                Ok(Filled::AlreadyPresent) => wake(),
+                Err(e) => error!(page, error = %crate::error::chain(&e), "UFFDIO_CONTINUE failed"),
+            }
+            p.tracker.observe(page as u64, entry, AccessKind::Sample, write);
+        }
+    }
+    Outcome::Done
+}

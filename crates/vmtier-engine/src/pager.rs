@@ -1,0 +1,566 @@
+//! Page moves: install a page into DRAM (fault or promotion), evict it to tier 2, move stored
+//! pages between tier 2 and tier 3. Shared by the fault handlers and the MTM.
+//!
+//! Every move holds the page's lock ([`PageGuard`]) and nobody waits for a lock: the fault path
+//! defers a fault whose page is busy and the MTM skips busy pages.
+//!
+//! Eviction keeps writes from being lost: a dirty page is write-protected *before* its content is
+//! read, so a guest write that races with the eviction raises a WP fault, which the handler defers
+//! until the page is gone and the guest then re-faults it from its new home. A page is written to
+//! a lower tier only if it changed since it was last written there (`DIRTY`, which a WP fault sets;
+//! pages are installed write-protected unless the fault was a write). A new copy always goes to a
+//! new slot or segment and the old one is freed after, so a stored copy is never overwritten in
+//! place.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tracing::{error, warn};
+use vmtier_storage::object::{ObjectTier, SegmentLoc};
+use vmtier_storage::ssd::SsdStore;
+use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
+
+use crate::dram::DramBudget;
+use crate::error::EngineError;
+use crate::page_table::{DIRTY, Home, POISONED, PageGuard, PageTable, PageView, RESIDENT};
+use crate::stats::{Stats, add, bump};
+use crate::tracker::{AccessKind, Tracker};
+
+/// Everything a page move touches.
+#[derive(Debug)]
+pub struct Pager {
+    pub(crate) table: PageTable,
+    pub(crate) memfd: Memfd,
+    pub(crate) map: SharedMapping,
+    pub(crate) uffd: Uffd,
+    pub(crate) budget: DramBudget,
+    pub(crate) ssd: SsdStore,
+    pub(crate) object: ObjectTier,
+    pub(crate) tracker: Tracker,
+    pub(crate) stats: Stats,
+    zero: AlignedBuf,
+    /// Eviction candidates published by the MTM, coldest last.
+    victims: Mutex<Vec<u32>>,
+    clock: AtomicUsize,
+    segment_pages: usize,
+}
+
+fn page_err(op: &'static str, page: usize) -> impl FnOnce(vmtier_uffd::Error) -> EngineError {
+    move |source| EngineError::PageOp { op, page: page as u64, source }
+}
+
+impl Pager {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        table: PageTable,
+        memfd: Memfd,
+        map: SharedMapping,
+        uffd: Uffd,
+        budget: DramBudget,
+        ssd: SsdStore,
+        object: ObjectTier,
+        tracker: Tracker,
+        segment_pages: usize,
+    ) -> Self {
+        Self {
+            table,
+            memfd,
+            map,
+            uffd,
+            budget,
+            ssd,
+            object,
+            tracker,
+            stats: Stats::default(),
+            zero: AlignedBuf::zeroed(PAGE_SIZE),
+            victims: Mutex::new(Vec::new()),
+            clock: AtomicUsize::new(0),
+            segment_pages,
+        }
+    }
+
+    /// Guest address of `page`.
+    pub(crate) fn addr(&self, page: usize) -> usize {
+        self.map.base() + page * PAGE_SIZE
+    }
+
+    /// Page containing guest address `addr`, if it is guest memory.
+    pub(crate) fn page_of(&self, addr: usize) -> Option<usize> {
+        let off = addr.checked_sub(self.map.base())?;
+        (off < self.map.len()).then_some(off / PAGE_SIZE)
+    }
+
+    fn offset(page: usize) -> u64 {
+        (page * PAGE_SIZE) as u64
+    }
+
+    /// Frees the storage of a stored copy that has been replaced.
+    fn release(&self, home: Home) {
+        match home {
+            Home::Zero => {}
+            Home::Ssd(slot) => {
+                if let Err(e) = self.ssd.free(slot) {
+                    error!(slot = slot.0, error = %crate::error::chain(&e), "freeing a tier-2 slot failed");
+                }
+            }
+            Home::Object(loc) => {
+                if let Err(e) = self.object.release(loc) {
+                    error!(segment = loc.segment, index = loc.index, error = %crate::error::chain(&e), "releasing a tier-3 page failed");
+                }
+            }
+        }
+    }
+
+    /// Reads the stored copy of a page into `buf`, checksum checked.
+    fn read_home(&self, page: usize, v: &PageView, buf: &mut [u8]) -> Result<(), EngineError> {
+        match v.home() {
+            Home::Zero => {
+                buf.fill(0);
+                Ok(())
+            }
+            Home::Ssd(slot) => {
+                self.ssd.read(slot, v.crc, buf).map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
+                add(&self.stats.bytes_read, PAGE_SIZE as u64);
+                Ok(())
+            }
+            Home::Object(loc) => {
+                self.object.read(loc, v.crc, buf).map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
+                add(&self.stats.bytes_read, PAGE_SIZE as u64);
+                Ok(())
+            }
+        }
+    }
+
+    /// Installs a non-resident page into DRAM; the caller holds the lock and has reserved a
+    /// frame. A `write` install maps the page writable and marks it dirty; otherwise it is mapped
+    /// write-protected so the first write is seen.
+    pub(crate) fn fill(
+        &self,
+        page: usize,
+        g: &PageGuard<'_>,
+        write: bool,
+        buf: &mut AlignedBuf,
+    ) -> Result<(), EngineError> {
+        let v = g.view();
+        debug_assert!(!v.resident());
+        if v.word & POISONED != 0 {
+            return Err(EngineError::Poisoned { page: page as u64 });
+        }
+        let addr = self.addr(page);
+        let filled = match v.home() {
+            Home::Zero if write => {
+                bump(&self.stats.zero_fills);
+                self.uffd.zeropage(addr, PAGE_SIZE).map_err(page_err("UFFDIO_ZEROPAGE", page))?
+            }
+            Home::Zero => {
+                bump(&self.stats.zero_fills);
+                self.uffd.copy(addr, &self.zero, true, true).map_err(page_err("UFFDIO_COPY", page))?
+            }
+            home => {
+                self.read_home(page, &v, buf)?;
+                bump(if matches!(home, Home::Ssd(_)) { &self.stats.tier2_hits } else { &self.stats.tier3_hits });
+                self.uffd.copy(addr, buf, !write, true).map_err(page_err("UFFDIO_COPY", page))?
+            }
+        };
+        if filled == Filled::AlreadyPresent {
+            // Present without passing through the page table: nobody knows whether it changed.
+            warn!(page, "page was already present at install; treating it as dirty");
+            self.uffd.wake(addr, PAGE_SIZE).map_err(page_err("UFFDIO_WAKE", page))?;
+            g.set(DIRTY);
+        }
+        if write {
+            g.set(DIRTY);
+        }
+        g.set(RESIDENT);
+        Ok(())
+    }
+
+    /// Marks a page whose stored copy is corrupt so no access is ever served wrong data: guest
+    /// accesses get SIGBUS.
+    pub(crate) fn poison(&self, page: usize, g: &PageGuard<'_>) {
+        bump(&self.stats.corrupt);
+        g.set(POISONED);
+        if let Err(e) = self.uffd.poison(self.addr(page), PAGE_SIZE) {
+            error!(page, error = %crate::error::chain(&e), "could not poison page with a corrupt stored copy");
+        }
+    }
+
+    /// Evicts a resident page from DRAM. Changed content goes to a new tier-2 slot (or back to
+    /// the zero state if it is all zeros); unchanged content is dropped without I/O. With
+    /// `to_ssd`, a clean page whose copy is in tier 3 is moved up to tier 2 on the way out.
+    pub(crate) fn evict(
+        &self,
+        page: usize,
+        g: &PageGuard<'_>,
+        buf: &mut AlignedBuf,
+        to_ssd: bool,
+    ) -> Result<(), EngineError> {
+        let v = g.view();
+        debug_assert!(v.resident());
+        let addr = self.addr(page);
+        let dirty = v.dirty();
+        if dirty {
+            self.uffd.write_protect(addr, PAGE_SIZE, true, false).map_err(page_err("UFFDIO_WRITEPROTECT", page))?;
+        }
+        let rehome = !dirty && to_ssd && matches!(v.home(), Home::Object(_));
+        if dirty || rehome {
+            if let Err(e) = self.write_out(page, g, &v, buf, dirty) {
+                if dirty {
+                    let _ = self.uffd.write_protect(addr, PAGE_SIZE, false, true);
+                }
+                return Err(e);
+            }
+            if rehome {
+                bump(&self.stats.moves_3_to_2);
+            }
+        } else {
+            bump(&self.stats.clean_evictions);
+        }
+        self.drop_frame(page, g)
+    }
+
+    /// Writes a resident page's content to a new tier-2 slot and points the page at it.
+    fn write_out(
+        &self,
+        page: usize,
+        g: &PageGuard<'_>,
+        v: &PageView,
+        buf: &mut AlignedBuf,
+        dirty: bool,
+    ) -> Result<(), EngineError> {
+        self.memfd.read_at(buf, Self::offset(page)).map_err(page_err("pread", page))?;
+        if dirty && buf.iter().all(|&b| b == 0) {
+            g.set_home(Home::Zero, 0);
+        } else {
+            let err = |source| EngineError::Tier2 { page: page as u64, source };
+            let slot = self.ssd.alloc().map_err(err)?;
+            let crc = match self.ssd.write(slot, buf) {
+                Ok(crc) => crc,
+                Err(e) => {
+                    self.release(Home::Ssd(slot));
+                    return Err(err(e));
+                }
+            };
+            add(&self.stats.tier2_bytes_written, PAGE_SIZE as u64);
+            g.set_home(Home::Ssd(slot), crc);
+        }
+        self.release(v.home());
+        Ok(())
+    }
+
+    /// Drops a resident page from DRAM (its content is stored or unchanged) and frees its frame.
+    fn drop_frame(&self, page: usize, g: &PageGuard<'_>) -> Result<(), EngineError> {
+        self.memfd.punch_hole(Self::offset(page), PAGE_SIZE as u64).map_err(page_err("fallocate(PUNCH_HOLE)", page))?;
+        g.clear(RESIDENT | DIRTY);
+        self.budget.release(1);
+        bump(&self.stats.demotions);
+        Ok(())
+    }
+
+    /// Reserves a DRAM frame for a fault, evicting a cold page on the spot if DRAM is full.
+    /// Returns false if no frame could be had now (the caller defers the fault).
+    pub(crate) fn reserve_frame(&self, buf: &mut AlignedBuf) -> bool {
+        for _ in 0..8 {
+            if self.budget.try_reserve() {
+                return true;
+            }
+            if !self.reclaim_one(buf) {
+                return false;
+            }
+            bump(&self.stats.direct_reclaims);
+        }
+        false
+    }
+
+    /// Evicts one resident page: an MTM-chosen victim if there is one, else the first page a
+    /// clock hand finds that was not seen in this tick.
+    fn reclaim_one(&self, buf: &mut AlignedBuf) -> bool {
+        loop {
+            let Some(page) = self.victims.lock().pop() else {
+                break;
+            };
+            if self.try_evict(page as usize, buf) {
+                return true;
+            }
+        }
+        let n = self.table.len();
+        let now = self.tracker.tick() as u16;
+        for pass in 0..2 {
+            for _ in 0..n {
+                let page = self.clock.fetch_add(1, Ordering::Relaxed) % n;
+                let v = self.table.get(page).view();
+                if !v.resident() || (pass == 0 && v.seen == now) {
+                    continue;
+                }
+                if self.try_evict(page, buf) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn try_evict(&self, page: usize, buf: &mut AlignedBuf) -> bool {
+        let Some(g) = self.table.get(page).try_lock() else {
+            return false;
+        };
+        if !g.view().resident() {
+            return false;
+        }
+        match self.evict(page, &g, buf, false) {
+            Ok(()) => true,
+            Err(e) => {
+                bump(&self.stats.io_errors);
+                error!(page, error = %crate::error::chain(&e), "eviction failed; the page stays in DRAM");
+                false
+            }
+        }
+    }
+
+    /// Replaces the list of eviction candidates (coldest last).
+    pub(crate) fn publish_victims(&self, coldest_last: Vec<u32>) {
+        *self.victims.lock() = coldest_last;
+    }
+
+    /// Brings a non-resident page into DRAM ahead of use if a frame is free. Returns whether it did.
+    pub(crate) fn promote(&self, page: usize, buf: &mut AlignedBuf) -> Result<bool, EngineError> {
+        let Some(g) = self.table.get(page).try_lock() else {
+            return Ok(false);
+        };
+        let v = g.view();
+        if v.resident() || v.word & POISONED != 0 || !self.budget.try_reserve() {
+            return Ok(false);
+        }
+        if let Err(e) = self.fill(page, &g, false, buf) {
+            self.budget.release(1);
+            if e.is_corruption() {
+                self.poison(page, &g);
+            }
+            return Err(e);
+        }
+        bump(&self.stats.promotions);
+        self.tracker.observe(page as u64, self.table.get(page), AccessKind::Prefetch, false);
+        Ok(true)
+    }
+
+    /// Moves a batch of pages to tier 3 as one segment: resident pages are evicted from DRAM,
+    /// tier-2 pages have their slot freed. Busy, zero and already-tier-3 pages are skipped.
+    /// Returns the number of pages moved.
+    pub(crate) fn move_to_object(&self, pages: &[usize]) -> Result<usize, EngineError> {
+        let mut held: Vec<(usize, PageGuard<'_>, PageView)> = Vec::with_capacity(pages.len().min(self.segment_pages));
+        let mut data = AlignedBuf::zeroed(self.segment_pages * PAGE_SIZE);
+        for &page in pages {
+            if held.len() == self.segment_pages {
+                break;
+            }
+            let Some(g) = self.table.get(page).try_lock() else {
+                continue;
+            };
+            let v = g.view();
+            if v.word & POISONED != 0 {
+                continue;
+            }
+            let chunk = &mut data[held.len() * PAGE_SIZE..(held.len() + 1) * PAGE_SIZE];
+            if v.resident() {
+                if !v.dirty() && matches!(v.home(), Home::Object(_) | Home::Zero) {
+                    // Unchanged since stored in tier 3, or still zeros: drop it, no write.
+                    if let Err(e) = self.drop_frame(page, &g) {
+                        error!(page, error = %crate::error::chain(&e), "dropping a clean page failed");
+                    } else {
+                        bump(&self.stats.clean_evictions);
+                    }
+                    continue;
+                }
+                if v.dirty() {
+                    self.uffd
+                        .write_protect(self.addr(page), PAGE_SIZE, true, false)
+                        .map_err(page_err("UFFDIO_WRITEPROTECT", page))?;
+                }
+                self.memfd.read_at(chunk, Self::offset(page)).map_err(page_err("pread", page))?;
+                if v.dirty() && chunk.iter().all(|&b| b == 0) {
+                    g.set_home(Home::Zero, 0);
+                    self.release(v.home());
+                    self.drop_frame(page, &g)?;
+                    continue;
+                }
+            } else {
+                match v.home() {
+                    Home::Ssd(_) => {
+                        if let Err(e) = self.read_home(page, &v, chunk) {
+                            if e.is_corruption() {
+                                error!(page, error = %crate::error::chain(&e), "corrupt tier-2 copy found while moving to tier 3; page poisoned");
+                                self.poison(page, &g);
+                            } else {
+                                bump(&self.stats.io_errors);
+                                error!(page, error = %crate::error::chain(&e), "tier-2 read failed while moving to tier 3");
+                            }
+                            continue;
+                        }
+                    }
+                    Home::Zero | Home::Object(_) => continue,
+                }
+            }
+            held.push((page, g, v));
+        }
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<(u64, &[u8])> = held
+            .iter()
+            .enumerate()
+            .map(|(i, (page, _, _))| (*page as u64, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+            .collect();
+        let locs = match self.object.write_segment(&batch) {
+            Ok(locs) => locs,
+            Err(source) => {
+                for (page, _, v) in &held {
+                    if v.resident() && v.dirty() {
+                        let _ = self.uffd.write_protect(self.addr(*page), PAGE_SIZE, false, true);
+                    }
+                }
+                return Err(EngineError::Tier3 { page: held[0].0 as u64, source });
+            }
+        };
+        add(&self.stats.tier3_bytes_written, (held.len() * PAGE_SIZE) as u64);
+        for ((page, g, v), (loc, crc)) in held.iter().zip(locs) {
+            g.set_home(Home::Object(loc), crc);
+            self.release(v.home());
+            if v.resident() {
+                self.drop_frame(*page, g)?;
+            } else {
+                bump(&self.stats.moves_2_to_3);
+            }
+        }
+        Ok(held.len())
+    }
+
+    /// Moves a non-resident page's stored copy from tier 3 up to tier 2.
+    pub(crate) fn move_to_ssd(&self, page: usize, buf: &mut AlignedBuf) -> Result<bool, EngineError> {
+        let Some(g) = self.table.get(page).try_lock() else {
+            return Ok(false);
+        };
+        let v = g.view();
+        if v.resident() || !matches!(v.home(), Home::Object(_)) || v.word & POISONED != 0 {
+            return Ok(false);
+        }
+        if let Err(e) = self.read_home(page, &v, buf) {
+            if e.is_corruption() {
+                self.poison(page, &g);
+            }
+            return Err(e);
+        }
+        let err = |source| EngineError::Tier2 { page: page as u64, source };
+        let slot = self.ssd.alloc().map_err(err)?;
+        match self.ssd.write(slot, buf) {
+            Ok(crc) => {
+                add(&self.stats.tier2_bytes_written, PAGE_SIZE as u64);
+                g.set_home(Home::Ssd(slot), crc);
+                self.release(v.home());
+                bump(&self.stats.moves_3_to_2);
+                Ok(true)
+            }
+            Err(e) => {
+                self.release(Home::Ssd(slot));
+                Err(err(e))
+            }
+        }
+    }
+
+    /// Moves a tier-2 page to a new slot (compaction). Returns whether it moved.
+    pub(crate) fn relocate_slot(
+        &self,
+        page: usize,
+        from: vmtier_storage::ssd::SlotId,
+        buf: &mut AlignedBuf,
+    ) -> Result<bool, EngineError> {
+        let Some(g) = self.table.get(page).try_lock() else {
+            return Ok(false);
+        };
+        let v = g.view();
+        if v.home() != Home::Ssd(from) {
+            return Ok(false);
+        }
+        self.read_home(page, &v, buf)?;
+        let err = |source| EngineError::Tier2 { page: page as u64, source };
+        let slot = self.ssd.alloc().map_err(err)?;
+        match self.ssd.write(slot, buf) {
+            Ok(crc) => {
+                g.set_home(Home::Ssd(slot), crc);
+                self.release(Home::Ssd(from));
+                bump(&self.stats.compacted_slots);
+                Ok(true)
+            }
+            Err(e) => {
+                self.release(Home::Ssd(slot));
+                Err(err(e))
+            }
+        }
+    }
+
+    /// Rewrites the live pages of a mostly-dead tier-3 segment into a new one and deletes it.
+    pub(crate) fn compact_segment(&self, segment: u32) -> Result<usize, EngineError> {
+        let live = self.object.live_pages(segment);
+        let mut pages = Vec::with_capacity(live.len());
+        for (index, page) in live {
+            let page = page as usize;
+            if page < self.table.len()
+                && self.table.get(page).view().home() == Home::Object(SegmentLoc { segment, index })
+            {
+                pages.push(page);
+            }
+        }
+        // Non-resident pages are re-read and packed into a fresh segment; resident clean ones
+        // are left in DRAM but lose their old copy only once the new one is written.
+        let moved = self.move_stored_object_pages(&pages)?;
+        if self.object.live_pages(segment).is_empty() {
+            self.object.delete_segment(segment).map_err(|source| EngineError::Tier3 { page: 0, source })?;
+            bump(&self.stats.compacted_segments);
+        }
+        Ok(moved)
+    }
+
+    /// Re-packs tier-3 pages (resident or not) into a new segment.
+    fn move_stored_object_pages(&self, pages: &[usize]) -> Result<usize, EngineError> {
+        let mut moved = 0;
+        for chunk in pages.chunks(self.segment_pages) {
+            let mut held = Vec::with_capacity(chunk.len());
+            let mut data = AlignedBuf::zeroed(chunk.len() * PAGE_SIZE);
+            for &page in chunk {
+                let Some(g) = self.table.get(page).try_lock() else {
+                    continue;
+                };
+                let v = g.view();
+                if !matches!(v.home(), Home::Object(_)) {
+                    continue;
+                }
+                let i = held.len();
+                if let Err(e) = self.read_home(page, &v, &mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+                    if e.is_corruption() {
+                        self.poison(page, &g);
+                    }
+                    continue;
+                }
+                held.push((page, g, v));
+            }
+            if held.is_empty() {
+                continue;
+            }
+            let batch: Vec<(u64, &[u8])> = held
+                .iter()
+                .enumerate()
+                .map(|(i, (p, _, _))| (*p as u64, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+                .collect();
+            let locs = self
+                .object
+                .write_segment(&batch)
+                .map_err(|source| EngineError::Tier3 { page: held[0].0 as u64, source })?;
+            add(&self.stats.tier3_bytes_written, (held.len() * PAGE_SIZE) as u64);
+            for ((_, g, v), (loc, crc)) in held.iter().zip(locs) {
+                g.set_home(Home::Object(loc), crc);
+                self.release(v.home());
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+}

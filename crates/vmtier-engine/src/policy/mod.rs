@@ -1,0 +1,76 @@
+//! Placement policies: given each page's access statistics, the tier it should live in.
+//!
+//! One file per policy behind the [`Policy`] trait. The MTM turns decisions into moves within
+//! the DRAM cap and the bandwidth budget: it promotes non-resident pages decided for tier 1 while
+//! frames are free, demotes resident pages decided for tier 2/3 (coldest first) when DRAM needs
+//! room — or at once if the policy asks for eager demotion — and moves stored pages between
+//! tier 2 and tier 3.
+
+mod hotset;
+mod threshold;
+
+pub use hotset::HotsetPolicy;
+pub use threshold::{ConstantPriority, PrioritySource, ThresholdPolicy};
+
+use crate::config::{EngineConfig, PolicyKind};
+
+/// A tier decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// DRAM.
+    Dram = 1,
+    /// Tier-2 page store.
+    Ssd = 2,
+    /// Tier-3 object store.
+    Object = 3,
+}
+
+/// What a policy sees of one page.
+#[derive(Debug, Clone, Copy)]
+pub struct PageStats {
+    /// Guest page number.
+    pub page: u64,
+    /// Access frequency 0–100, decayed to now.
+    pub frequency: u8,
+    /// Ticks since the last observed access.
+    pub idle_ticks: u32,
+    /// In DRAM now.
+    pub resident: bool,
+    /// Never stored and not resident: all zeros, costs nothing anywhere.
+    pub zero: bool,
+}
+
+/// Facts about the whole system a policy may use.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyContext {
+    /// DRAM budget in pages (minus the MTM's headroom).
+    pub dram_pages: usize,
+    /// Ticks without access after which a page counts as cold.
+    pub cold_after_ticks: u32,
+}
+
+/// A placement policy.
+pub trait Policy: Send + std::fmt::Debug {
+    /// Short name for reports.
+    fn name(&self) -> &'static str;
+
+    /// Writes the tier for `pages[i]` into `out[i]` (`out` has the same length).
+    fn decide(&mut self, ctx: &PolicyContext, pages: &[PageStats], out: &mut [Tier]);
+
+    /// Whether resident pages decided for tier 3 are demoted at once rather than only when DRAM
+    /// needs room.
+    fn eager_demotion(&self) -> bool {
+        false
+    }
+}
+
+/// Builds the policy the configuration names.
+pub fn from_config(cfg: &EngineConfig) -> Box<dyn Policy> {
+    match cfg.mtm.policy {
+        PolicyKind::Hotset => Box::new(HotsetPolicy::default()),
+        PolicyKind::Threshold => {
+            let t = cfg.mtm.threshold;
+            Box::new(ThresholdPolicy::new(t, Box::new(ConstantPriority(t.default_priority))))
+        }
+    }
+}

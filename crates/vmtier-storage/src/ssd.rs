@@ -1,0 +1,703 @@
+//! Tier 2: a page store on a directory ([`SsdStore`]).
+//!
+//! Pages live in fixed-size *slots* of exactly 4096 bytes, in files named `slots-00000.dat`,
+//! `slots-00001.dat`, … inside the store's directory. Each file holds
+//! [`SsdConfig::slots_per_file`] slots (default 16384, i.e. 64 MiB files) and is created sparse at
+//! its full size; a slot takes disk space once it is written.
+//!
+//! | item        | layout                                                                    |
+//! |-------------|---------------------------------------------------------------------------|
+//! | file name   | `slots-{file:05}.dat`, `file` = 0, 1, 2, …                                 |
+//! | file size   | `slots_per_file * 4096` bytes (sparse)                                     |
+//! | slot        | [`SlotId`]`(file * slots_per_file + i)` at byte offset `i * 4096`          |
+//! | slot bytes  | the raw page; no header, no magic                                          |
+//! | checksum    | crc32c of the 4096 bytes, returned by [`SsdStore::write`], kept by the caller (the page table) and checked by every [`SsdStore::read`] |
+//!
+//! The files carry no metadata of their own: which slot holds which page is the engine's page
+//! table (and, for replication, its log). **The store is volatile**: guest memory does not outlive
+//! the VM, so [`SsdStore::open`] removes any `slots-*.dat` an earlier run left in the directory
+//! and starts empty.
+//!
+//! Page I/O uses `O_DIRECT` (unless [`SsdConfig::direct_io`] is off), so a read comes from the
+//! device and the host page cache does not silently act as extra DRAM.
+//!
+//! Concurrency: reads and writes take no exclusive lock — they `pread`/`pwrite` on shared file
+//! descriptors. Allocation, freeing and [`SsdStore::shrink`] share one mutex over the slot
+//! bitmap. Reading or writing a slot that is not allocated is a caller bug that this store does
+//! not detect on the I/O path (it would cost a shared lock per I/O).
+//!
+//! Compaction (the concept's `compactMemory`): [`SsdStore::alloc`] always hands out the lowest
+//! free slot, so the tail files drain over time. [`SsdStore::compaction_plan`] names live slots in
+//! mostly-free tail files that are worth moving down; the engine moves each (alloc, read, write,
+//! update its page table, free). [`SsdStore::shrink`] then deletes trailing files without live
+//! slots and punches holes over free slots elsewhere, returning the space to the file system.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::Deserialize;
+use vmtier_uffd::{AlignedBuf, PAGE_SIZE};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// A slot in the store: `file index * slots_per_file + slot index within the file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotId(pub u32);
+
+impl std::fmt::Display for SlotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "slot {}", self.0)
+    }
+}
+
+/// Configuration of a tier-2 page store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SsdConfig {
+    /// Directory of the store; created if missing. Its `slots-*.dat` files are removed on open.
+    pub dir: PathBuf,
+    /// Slots (4 KiB each) per file. Default 16384: 64 MiB files.
+    pub slots_per_file: u32,
+    /// Use `O_DIRECT` for page I/O (default `true`). Turn off only for file systems that refuse
+    /// it (tmpfs); reads are then served from the host page cache, which is DRAM.
+    pub direct_io: bool,
+}
+
+impl SsdConfig {
+    /// Default slot-file size in slots (64 MiB files).
+    pub const DEFAULT_SLOTS_PER_FILE: u32 = 16384;
+
+    /// A configuration with defaults for a store in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), slots_per_file: Self::DEFAULT_SLOTS_PER_FILE, direct_io: true }
+    }
+}
+
+impl Default for SsdConfig {
+    fn default() -> Self {
+        Self::new("vmtier-ssd")
+    }
+}
+
+/// Errors of the tier-2 page store.
+#[derive(Debug, thiserror::Error)]
+pub enum SsdError {
+    /// The configuration is unusable.
+    #[error("invalid tier-2 config: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store directory could not be created or listed.
+    #[error("cannot create or list tier-2 directory {}", dir.display())]
+    OpenDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A slot file left by an earlier run could not be removed.
+    #[error("cannot remove stale slot file {} (remove it by hand or pick another directory)", file.display())]
+    RemoveStale {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The file system refuses `O_DIRECT`.
+    #[error(
+        "the file system of {} does not support O_DIRECT (tmpfs?); put tier 2 on a disk file system, or set `direct_io = false` (reads will then come from the page cache)",
+        file.display()
+    )]
+    DirectIoUnsupported {
+        /// The file that could not be opened.
+        file: PathBuf,
+    },
+    /// A slot file could not be created.
+    #[error("cannot create slot file {}", file.display())]
+    CreateFile {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// All `u32` slot ids are in use.
+    #[error("tier 2 is out of slot ids ({slots} slots allocated); free pages or raise slots_per_file")]
+    AllocExhausted {
+        /// Slots in the store.
+        slots: u64,
+    },
+    /// The slot is beyond the store's files.
+    #[error("{slot} does not exist in the tier-2 store (it has {slots} slots)")]
+    NoSuchSlot {
+        /// The slot.
+        slot: SlotId,
+        /// Slots in the store.
+        slots: u64,
+    },
+    /// The slot was freed twice, or freed without being allocated.
+    #[error("{slot} freed but it is not allocated (double free)")]
+    DoubleFree {
+        /// The slot.
+        slot: SlotId,
+    },
+    /// A page buffer has the wrong length.
+    #[error("{op} of {slot}: buffer is {len} bytes, a page is 4096")]
+    BufferSize {
+        /// `"write"` or `"read"`.
+        op: &'static str,
+        /// The slot.
+        slot: SlotId,
+        /// Buffer length.
+        len: usize,
+    },
+    /// Writing a page failed (ENOSPC, EIO, …).
+    #[error("cannot write {slot} at offset {offset} of {}", file.display())]
+    Write {
+        /// The slot.
+        slot: SlotId,
+        /// Its file.
+        file: PathBuf,
+        /// Byte offset in the file.
+        offset: u64,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading a page failed.
+    #[error("cannot read {slot} at offset {offset} of {}", file.display())]
+    Read {
+        /// The slot.
+        slot: SlotId,
+        /// Its file.
+        file: PathBuf,
+        /// Byte offset in the file.
+        offset: u64,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The page read back does not match its checksum: the storage corrupted it.
+    #[error(
+        "{slot} in {} is corrupt: crc32c {actual:#010x}, expected {expected:#010x}; the page is lost from tier 2",
+        file.display()
+    )]
+    Corrupt {
+        /// The slot.
+        slot: SlotId,
+        /// Its file.
+        file: PathBuf,
+        /// Checksum recorded at write time.
+        expected: u32,
+        /// Checksum of the bytes read.
+        actual: u32,
+    },
+    /// Punching a hole over free slots failed.
+    #[error("cannot punch a hole at {offset}+{len} in {}", file.display())]
+    PunchHole {
+        /// The file.
+        file: PathBuf,
+        /// Byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Deleting an empty trailing slot file failed.
+    #[error("cannot delete empty slot file {}", file.display())]
+    RemoveFile {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `fstat` of a slot file failed.
+    #[error("cannot stat slot file {}", file.display())]
+    Stat {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Space and occupancy of a tier-2 store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SsdStats {
+    /// Slot files.
+    pub files: u32,
+    /// Allocated slots.
+    pub live_slots: u64,
+    /// Free slots inside existing files.
+    pub free_slots: u64,
+    /// Apparent size of all slot files.
+    pub file_bytes: u64,
+    /// Disk space the slot files occupy (`st_blocks * 512`, summed).
+    pub disk_bytes_allocated: u64,
+}
+
+#[derive(Debug)]
+struct SlotFile {
+    file: File,
+    path: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct AllocState {
+    /// One bit per slot of every file: allocated.
+    live: Vec<u64>,
+    /// Live slots per file.
+    live_per_file: Vec<u32>,
+    /// Free slots of existing files, lowest first.
+    free: BTreeSet<u32>,
+    /// One bit per slot: free and already punched out (no disk space).
+    hole: Vec<u64>,
+}
+
+fn bit(v: &[u64], i: u32) -> bool {
+    v.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+fn set_bit(v: &mut [u64], i: u32, on: bool) {
+    let w = &mut v[i as usize / 64];
+    if on {
+        *w |= 1 << (i % 64);
+    } else {
+        *w &= !(1 << (i % 64));
+    }
+}
+
+/// Tier 2: a page store of 4 KiB slots in files on a directory. See the [module docs](self).
+#[derive(Debug)]
+pub struct SsdStore {
+    cfg: SsdConfig,
+    files: RwLock<Vec<Arc<SlotFile>>>,
+    alloc: Mutex<AllocState>,
+}
+
+impl SsdStore {
+    /// Opens an empty store in `cfg.dir`: creates the directory, removes any `slots-*.dat` an
+    /// earlier run left there (the store is volatile) and, with `direct_io`, checks that the file
+    /// system accepts `O_DIRECT`.
+    pub fn open(cfg: SsdConfig) -> Result<Self, SsdError> {
+        if cfg.slots_per_file == 0 || cfg.slots_per_file > (1 << 24) {
+            return Err(SsdError::Config {
+                reason: format!("slots_per_file = {} must be in 1..=16777216", cfg.slots_per_file),
+            });
+        }
+        let open_dir = |source| SsdError::OpenDir { dir: cfg.dir.clone(), source };
+        std::fs::create_dir_all(&cfg.dir).map_err(open_dir)?;
+        for entry in std::fs::read_dir(&cfg.dir).map_err(open_dir)? {
+            let entry = entry.map_err(open_dir)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("slots-") && name.ends_with(".dat") {
+                let file = entry.path();
+                tracing::debug!(file = %file.display(), "removing stale tier-2 slot file");
+                std::fs::remove_file(&file).map_err(|source| SsdError::RemoveStale { file, source })?;
+            }
+        }
+        let store = Self { cfg, files: RwLock::new(Vec::new()), alloc: Mutex::new(AllocState::default()) };
+        if store.cfg.direct_io {
+            let probe = store.cfg.dir.join(".direct-io-probe");
+            let f = store.open_file(&probe);
+            let _ = std::fs::remove_file(&probe);
+            f?;
+        }
+        Ok(store)
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &SsdConfig {
+        &self.cfg
+    }
+
+    fn open_file(&self, path: &Path) -> Result<File, SsdError> {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(true);
+        if self.cfg.direct_io {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        opts.open(path).map_err(|source| {
+            if self.cfg.direct_io && source.raw_os_error() == Some(libc::EINVAL) {
+                SsdError::DirectIoUnsupported { file: path.to_path_buf() }
+            } else {
+                SsdError::CreateFile { file: path.to_path_buf(), source }
+            }
+        })
+    }
+
+    fn path_of_file(&self, index: u32) -> PathBuf {
+        self.cfg.dir.join(format!("slots-{index:05}.dat"))
+    }
+
+    fn spf(&self) -> u32 {
+        self.cfg.slots_per_file
+    }
+
+    /// File path and byte offset of `slot` (for tests and `vmtier inspect`).
+    pub fn file_path(&self, slot: SlotId) -> (PathBuf, u64) {
+        let spf = self.spf();
+        (self.path_of_file(slot.0 / spf), u64::from(slot.0 % spf) * PAGE)
+    }
+
+    fn locate(&self, slot: SlotId) -> Result<(Arc<SlotFile>, u64), SsdError> {
+        let spf = self.spf();
+        let files = self.files.read();
+        match files.get((slot.0 / spf) as usize) {
+            Some(f) => Ok((Arc::clone(f), u64::from(slot.0 % spf) * PAGE)),
+            None => Err(SsdError::NoSuchSlot { slot, slots: files.len() as u64 * u64::from(spf) }),
+        }
+    }
+
+    /// Allocates a slot: the lowest free one, else the first slot of a new file.
+    pub fn alloc(&self) -> Result<SlotId, SsdError> {
+        let mut st = self.alloc.lock();
+        if st.free.is_empty() {
+            self.grow(&mut st)?;
+        }
+        let Some(slot) = st.free.pop_first() else {
+            unreachable!("grow adds free slots");
+        };
+        set_bit(&mut st.live, slot, true);
+        set_bit(&mut st.hole, slot, false);
+        st.live_per_file[(slot / self.spf()) as usize] += 1;
+        Ok(SlotId(slot))
+    }
+
+    /// Adds a new, sparse slot file and puts all its slots on the free list.
+    fn grow(&self, st: &mut AllocState) -> Result<(), SsdError> {
+        let spf = self.spf();
+        let index = st.live_per_file.len() as u32;
+        let first = u64::from(index) * u64::from(spf);
+        if first + u64::from(spf) > u64::from(u32::MAX) {
+            return Err(SsdError::AllocExhausted { slots: first });
+        }
+        let path = self.path_of_file(index);
+        let file = self.open_file(&path)?;
+        file.set_len(u64::from(spf) * PAGE).map_err(|source| SsdError::CreateFile { file: path.clone(), source })?;
+        tracing::debug!(file = %path.display(), "tier 2 grew by one slot file");
+        self.files.write().push(Arc::new(SlotFile { file, path }));
+        let words = ((first + u64::from(spf)).div_ceil(64)) as usize;
+        st.live.resize(words, 0);
+        st.hole.resize(words, 0);
+        st.live_per_file.push(0);
+        let first = first as u32;
+        st.free.extend(first..first + spf);
+        // A new sparse file has no blocks: all its slots are holes.
+        for s in first..first + spf {
+            set_bit(&mut st.hole, s, true);
+        }
+        Ok(())
+    }
+
+    /// Returns `slot` to the free list (lowest free slots are reused first). Freeing a slot that
+    /// is not allocated is an error ([`SsdError::DoubleFree`]); the engine should treat it as a bug.
+    pub fn free(&self, slot: SlotId) -> Result<(), SsdError> {
+        let mut st = self.alloc.lock();
+        if !bit(&st.live, slot.0) {
+            debug_assert!(false, "double free of {slot}");
+            return Err(SsdError::DoubleFree { slot });
+        }
+        set_bit(&mut st.live, slot.0, false);
+        st.live_per_file[(slot.0 / self.spf()) as usize] -= 1;
+        st.free.insert(slot.0);
+        Ok(())
+    }
+
+    /// Writes one page to `slot` and returns its crc32c, which the caller must keep and pass to
+    /// [`read`](Self::read). `page` must be 4096 bytes; if it is not 4096-aligned (an
+    /// [`AlignedBuf`] is), it is copied through an aligned bounce buffer.
+    pub fn write(&self, slot: SlotId, page: &[u8]) -> Result<u32, SsdError> {
+        if page.len() != PAGE_SIZE {
+            return Err(SsdError::BufferSize { op: "write", slot, len: page.len() });
+        }
+        let crc = crc32c::crc32c(page);
+        let (f, offset) = self.locate(slot)?;
+        let bounce;
+        let data = if self.cfg.direct_io && !(page.as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
+            let mut b = AlignedBuf::zeroed(PAGE_SIZE);
+            b.copy_from_slice(page);
+            bounce = b;
+            &bounce[..]
+        } else {
+            page
+        };
+        f.file.write_all_at(data, offset).map_err(|source| SsdError::Write {
+            slot,
+            file: f.path.clone(),
+            offset,
+            source,
+        })?;
+        Ok(crc)
+    }
+
+    /// Reads `slot` into `out` (4096 bytes) and checks it against `expected_crc`. A mismatch is
+    /// [`SsdError::Corrupt`]; corrupt data is never returned as `Ok` (but `out` is overwritten).
+    pub fn read(&self, slot: SlotId, expected_crc: u32, out: &mut [u8]) -> Result<(), SsdError> {
+        if out.len() != PAGE_SIZE {
+            return Err(SsdError::BufferSize { op: "read", slot, len: out.len() });
+        }
+        let (f, offset) = self.locate(slot)?;
+        let read_err = |source| SsdError::Read { slot, file: f.path.clone(), offset, source };
+        if self.cfg.direct_io && !(out.as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
+            let mut b = AlignedBuf::zeroed(PAGE_SIZE);
+            f.file.read_exact_at(&mut b, offset).map_err(read_err)?;
+            out.copy_from_slice(&b);
+        } else {
+            f.file.read_exact_at(out, offset).map_err(read_err)?;
+        }
+        let actual = crc32c::crc32c(out);
+        if actual != expected_crc {
+            return Err(SsdError::Corrupt { slot, file: f.path.clone(), expected: expected_crc, actual });
+        }
+        Ok(())
+    }
+
+    /// Plans a compaction step: up to `max` live slots in the highest-numbered files that should
+    /// move into free slots of lower files. A file is drained only when at most half of its slots
+    /// are live and the files below it have room for all of them; the plan is empty when nothing
+    /// is worth doing. For each slot the engine allocates a new (lower) slot, copies the page,
+    /// updates its page table and frees the old slot; then [`shrink`](Self::shrink) returns the
+    /// drained files to the file system.
+    pub fn compaction_plan(&self, max: usize) -> Vec<SlotId> {
+        let st = self.alloc.lock();
+        let spf = self.spf();
+        let nfiles = st.live_per_file.len();
+        let mut plan = Vec::new();
+        // Free slots per file.
+        let free_per_file: Vec<u64> = st.live_per_file.iter().map(|&l| u64::from(spf - l)).collect();
+        let mut consumed = 0u64;
+        for f in (1..nfiles).rev() {
+            if plan.len() >= max {
+                break;
+            }
+            let live = st.live_per_file[f];
+            if live == 0 {
+                continue; // shrink deletes it (if it is trailing)
+            }
+            let below: u64 = free_per_file[..f].iter().sum::<u64>().saturating_sub(consumed);
+            if u64::from(live) * 2 > u64::from(spf) || below < u64::from(live) {
+                break;
+            }
+            let first = f as u32 * spf;
+            for s in first..first + spf {
+                if plan.len() >= max {
+                    break;
+                }
+                if bit(&st.live, s) {
+                    plan.push(SlotId(s));
+                }
+            }
+            consumed += u64::from(live);
+        }
+        plan
+    }
+
+    /// Returns unused space to the file system: deletes trailing slot files without live slots
+    /// and punches holes (`fallocate(PUNCH_HOLE | KEEP_SIZE)`) over runs of free slots in the
+    /// others. Returns the bytes of disk space released (by `st_blocks`). Safe to call while
+    /// other threads read and write live slots; allocation and freeing wait until it is done.
+    pub fn shrink(&self) -> Result<u64, SsdError> {
+        let before = self.stats()?.disk_bytes_allocated;
+        let mut st = self.alloc.lock();
+        let spf = self.spf();
+        // 1. Trailing files without live slots.
+        while st.live_per_file.last() == Some(&0) {
+            let index = st.live_per_file.len() - 1;
+            let f = self.files.write().pop();
+            st.live_per_file.pop();
+            let first = index as u32 * spf;
+            let _tail = st.free.split_off(&first);
+            let words = (u64::from(first).div_ceil(64)) as usize;
+            st.live.truncate(words);
+            st.hole.truncate(words);
+            // Clear bits of the deleted file that share the last word with the previous file.
+            for s in first..(words as u32 * 64) {
+                set_bit(&mut st.live, s, false);
+                set_bit(&mut st.hole, s, false);
+            }
+            if let Some(f) = f {
+                std::fs::remove_file(&f.path)
+                    .map_err(|source| SsdError::RemoveFile { file: f.path.clone(), source })?;
+                tracing::debug!(file = %f.path.display(), "tier 2 deleted an empty slot file");
+            }
+        }
+        // 2. Holes over runs of free, not yet punched slots.
+        let files: Vec<Arc<SlotFile>> = self.files.read().clone();
+        let mut runs: Vec<(u32, u32)> = Vec::new(); // (first slot, count)
+        for &s in &st.free {
+            if bit(&st.hole, s) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == s && s % spf != 0 => *n += 1,
+                _ => runs.push((s, 1)),
+            }
+        }
+        for (first, n) in runs {
+            let f = &files[(first / spf) as usize];
+            let offset = u64::from(first % spf) * PAGE;
+            let len = u64::from(n) * PAGE;
+            punch_hole(&f.file, offset, len).map_err(|source| SsdError::PunchHole {
+                file: f.path.clone(),
+                offset,
+                len,
+                source,
+            })?;
+            for s in first..first + n {
+                set_bit(&mut st.hole, s, true);
+            }
+        }
+        drop(st);
+        let after = self.stats()?.disk_bytes_allocated;
+        Ok(before.saturating_sub(after))
+    }
+
+    /// Occupancy and disk usage of the store.
+    pub fn stats(&self) -> Result<SsdStats, SsdError> {
+        let (live, free) = {
+            let st = self.alloc.lock();
+            let live: u64 = st.live_per_file.iter().map(|&l| u64::from(l)).sum();
+            (live, st.free.len() as u64)
+        };
+        let files: Vec<Arc<SlotFile>> = self.files.read().clone();
+        let mut stats =
+            SsdStats { files: files.len() as u32, live_slots: live, free_slots: free, ..SsdStats::default() };
+        for f in &files {
+            let meta = f.file.metadata().map_err(|source| SsdError::Stat { file: f.path.clone(), source })?;
+            stats.file_bytes += meta.len();
+            stats.disk_bytes_allocated += meta.blocks() * 512;
+        }
+        Ok(stats)
+    }
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)` over `[offset, offset + len)` of `file`.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a valid, open file descriptor borrowed from `file` for the duration of
+    // the call; no memory is passed to the kernel.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(slots_per_file: u32) -> (tempfile::TempDir, SsdStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = SsdConfig::new(dir.path().join("ssd"));
+        cfg.slots_per_file = slots_per_file;
+        let s = SsdStore::open(cfg).expect("open");
+        (dir, s)
+    }
+
+    fn page(seed: u8) -> AlignedBuf {
+        let mut b = AlignedBuf::zeroed(PAGE_SIZE);
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = seed.wrapping_add(i as u8);
+        }
+        b
+    }
+
+    #[test]
+    fn config_from_toml_uses_defaults_and_rejects_unknown() {
+        let c: SsdConfig = toml::from_str("dir = \"/x\"").expect("parse");
+        assert_eq!(c, SsdConfig::new("/x"));
+        assert!(toml::from_str::<SsdConfig>("dir = \"/x\"\nslots = 3").is_err());
+    }
+
+    #[test]
+    fn round_trip_and_unaligned_buffers() {
+        let (_d, s) = store(8);
+        let a = s.alloc().expect("alloc");
+        let p = page(3);
+        let crc = s.write(a, &p).expect("write");
+        let mut out = AlignedBuf::zeroed(PAGE_SIZE);
+        s.read(a, crc, &mut out).expect("read");
+        assert_eq!(&out[..], &p[..]);
+        // Unaligned buffers go through a bounce buffer.
+        let mut v = vec![0u8; PAGE_SIZE + 1];
+        s.read(a, crc, &mut v[1..]).expect("unaligned read");
+        assert_eq!(&v[1..], &p[..]);
+        assert!(matches!(s.write(a, &p[..100]), Err(SsdError::BufferSize { .. })));
+    }
+
+    #[test]
+    fn open_removes_stale_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("slots-00003.dat"), b"old").expect("write");
+        std::fs::write(dir.path().join("keep.txt"), b"x").expect("write");
+        let s = SsdStore::open(SsdConfig::new(dir.path())).expect("open");
+        assert!(!dir.path().join("slots-00003.dat").exists());
+        assert!(dir.path().join("keep.txt").exists());
+        assert_eq!(s.stats().expect("stats").files, 0);
+    }
+
+    #[test]
+    fn double_free_is_an_error() {
+        let (_d, s) = store(4);
+        let a = s.alloc().expect("alloc");
+        s.free(a).expect("free");
+        // debug_assert fires in debug builds; check the error in release builds only.
+        if !cfg!(debug_assertions) {
+            assert!(matches!(s.free(a), Err(SsdError::DoubleFree { .. })));
+        }
+    }
+
+    #[test]
+    fn bad_slots_per_file_is_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = SsdConfig::new(dir.path());
+        cfg.slots_per_file = 0;
+        assert!(matches!(SsdStore::open(cfg), Err(SsdError::Config { .. })));
+    }
+
+    #[test]
+    fn tmpfs_without_direct_io_is_explained() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return;
+        }
+        let dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+        // tmpfs accepts O_DIRECT since Linux 6.6; older kernels refuse it at open.
+        match SsdStore::open(SsdConfig::new(dir.path())) {
+            Ok(_) => {}
+            Err(err) => {
+                assert!(matches!(err, SsdError::DirectIoUnsupported { .. }), "{err}");
+                assert!(err.to_string().contains("direct_io = false"));
+            }
+        }
+        let mut cfg = SsdConfig::new(dir.path());
+        cfg.direct_io = false;
+        let s = SsdStore::open(cfg).expect("open buffered");
+        let a = s.alloc().expect("alloc");
+        let crc = s.write(a, &page(1)).expect("write");
+        let mut out = AlignedBuf::zeroed(PAGE_SIZE);
+        s.read(a, crc, &mut out).expect("read");
+    }
+}

@@ -1,0 +1,75 @@
+//! The access-pattern trait and the factory for [`WorkloadKind`].
+//!
+//! A pattern produces page indices *local* to one thread's range (`0..pages`); the guest adds
+//! the range's first page. Implementations: [`ZipfPattern`](crate::zipf::ZipfPattern),
+//! [`ScanPattern`](crate::scan::ScanPattern), [`UniformPattern`](crate::uniform::UniformPattern),
+//! [`PhasesPattern`](crate::phases::PhasesPattern).
+
+use std::fmt;
+
+use crate::config::WorkloadKind;
+use crate::phases::PhasesPattern;
+use crate::scan::ScanPattern;
+use crate::uniform::UniformPattern;
+use crate::zipf::ZipfPattern;
+
+/// One page access produced by a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Page index local to the thread's range.
+    pub page: usize,
+    /// Phase the access belongs to (always 0 except for `phases`).
+    pub phase: usize,
+}
+
+/// A finite, deterministic sequence of page accesses over `0..pages`.
+pub trait AccessPattern: Send + fmt::Debug {
+    /// How many accesses the pattern yields in total.
+    fn total(&self) -> u64;
+
+    /// The next access, or `None` once [`total`](Self::total) accesses were produced.
+    fn next_access(&mut self) -> Option<Access>;
+}
+
+/// How many accesses a thread owning `pages` pages makes when asked for `accesses`
+/// (`scan` ignores `accesses` and makes `passes × pages`).
+pub fn planned_accesses(kind: &WorkloadKind, pages: usize, accesses: u64) -> u64 {
+    match *kind {
+        WorkloadKind::Scan { passes } => u64::from(passes) * pages as u64,
+        _ => accesses,
+    }
+}
+
+/// Builds the pattern of `kind` for one thread owning `pages` pages (`pages` ≥ 1).
+pub fn build(kind: &WorkloadKind, pages: usize, accesses: u64, seed: u64) -> Box<dyn AccessPattern> {
+    match *kind {
+        WorkloadKind::Zipf { skew } => Box::new(ZipfPattern::new(pages, skew, accesses, seed)),
+        WorkloadKind::Scan { passes } => Box::new(ScanPattern::new(pages, passes)),
+        WorkloadKind::Uniform => Box::new(UniformPattern::new(pages, accesses, seed)),
+        WorkloadKind::Phases { hot_fraction, phases } => {
+            Box::new(PhasesPattern::new(pages, hot_fraction, phases, accesses, seed))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_yields_total_in_range_accesses() {
+        for kind in [WorkloadKind::zipf(), WorkloadKind::scan(), WorkloadKind::Uniform, WorkloadKind::phases()] {
+            let mut p = build(&kind, 37, 1000, 5);
+            let total = planned_accesses(&kind, 37, 1000);
+            assert_eq!(p.total(), total, "{kind}");
+            let mut n = 0;
+            while let Some(a) = p.next_access() {
+                assert!(a.page < 37, "{kind}: {a:?}");
+                assert!(a.phase < kind.phase_count(), "{kind}: {a:?}");
+                n += 1;
+            }
+            assert_eq!(n, total, "{kind}");
+            assert_eq!(p.next_access(), None);
+        }
+    }
+}
