@@ -29,7 +29,7 @@ case "${1:-}" in
             echo "s3s-fs $VERSION already installed: $bin"
             exit 0
         fi
-        CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-s3s}" \
+        CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(mktemp -d)}" \
             cargo install s3s-fs --version "$VERSION" --features binary --locked
         ;;
     path)

@@ -111,6 +111,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VMTIER_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_thread_names(true)
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing::error;
+use tracing::{error, trace};
 use vmtier_uffd::{AlignedBuf, Event, FaultKind, Filled, PAGE_SIZE};
 
 use crate::page_table::{DIRTY, POISONED};
@@ -108,6 +108,7 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
         return Outcome::Park;
     };
     let v = g.view();
+    trace!(page, ?kind, write, resident = v.resident(), dirty = v.dirty(), "fault");
     let wake = || {
         if let Err(e) = p.uffd.wake(address, PAGE_SIZE) {
             error!(page, error = %crate::error::chain(&e), "UFFDIO_WAKE failed");

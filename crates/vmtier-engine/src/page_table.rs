@@ -163,7 +163,9 @@ impl PageEntry {
     /// Takes the page lock if it is free. Never blocks.
     pub fn try_lock(&self) -> Option<PageGuard<'_>> {
         let prev = self.state.fetch_or(LOCKED, Ordering::Acquire);
-        (prev & LOCKED == 0).then_some(PageGuard { entry: self })
+        // Not `then_some`: that would build (and, on failure, drop) a guard, unlocking the page
+        // under its holder.
+        if prev & LOCKED == 0 { Some(PageGuard { entry: self }) } else { None }
     }
 
     /// Access statistics, updated without the lock.
@@ -282,6 +284,18 @@ mod tests {
             assert!(v.resident() && v.dirty());
             assert_eq!(v.crc, 99);
         }
+        drop(g);
+        assert!(e.try_lock().is_some());
+    }
+
+    #[test]
+    fn failed_try_lock_leaves_the_holder_locked() {
+        let e = PageEntry::default();
+        let g = e.try_lock().unwrap();
+        for _ in 0..3 {
+            assert!(e.try_lock().is_none());
+        }
+        assert!(e.try_lock().is_none(), "a failed try_lock released the holder's lock");
         drop(g);
         assert!(e.try_lock().is_some());
     }

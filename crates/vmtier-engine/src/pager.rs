@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use tracing::{error, warn};
+use tracing::{error, trace, warn};
 use vmtier_storage::object::{ObjectTier, SegmentLoc};
 use vmtier_storage::ssd::SsdStore;
 use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
@@ -172,6 +172,7 @@ impl Pager {
             g.set(DIRTY);
         }
         g.set(RESIDENT);
+        trace!(page, home = ?v.home(), crc = v.crc, write, "fill");
         Ok(())
     }
 
@@ -203,6 +204,7 @@ impl Pager {
             self.uffd.write_protect(addr, PAGE_SIZE, true, false).map_err(page_err("UFFDIO_WRITEPROTECT", page))?;
         }
         let rehome = !dirty && to_ssd && matches!(v.home(), Home::Object(_));
+        trace!(page, dirty, rehome, home = ?v.home(), "evict");
         if dirty || rehome {
             if let Err(e) = self.write_out(page, g, &v, buf, dirty) {
                 if dirty {
@@ -243,6 +245,7 @@ impl Pager {
             };
             add(&self.stats.tier2_bytes_written, PAGE_SIZE as u64);
             g.set_home(Home::Ssd(slot), crc);
+            trace!(page, slot = slot.0, crc, "written to tier 2");
         }
         self.release(v.home());
         Ok(())

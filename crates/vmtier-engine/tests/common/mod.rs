@@ -1,0 +1,243 @@
+//! Helpers shared by the engine's integration tests: a tempdir-based configuration, page
+//! patterns, access to the stored copy of a page on disk, and an `s3s-fs` server.
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs::OpenOptions;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use vmtier_engine::{ByteSize, Engine, EngineConfig, EngineError, Home, PAGE_SIZE};
+use vmtier_storage::segment;
+
+/// 64-bit words per guest page.
+pub const WORDS: usize = PAGE_SIZE / 8;
+
+/// A configuration whose tiers live in a fresh temporary directory (kept alive by the returned
+/// guard): `memory_pages` of guest memory, `dram_pages` of DRAM, MTM off, one fault handler.
+pub fn config(memory_pages: u64, dram_pages: u64) -> (EngineConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = EngineConfig::default();
+    cfg.memory = ByteSize(memory_pages * PAGE_SIZE as u64);
+    cfg.dram = ByteSize(dram_pages * PAGE_SIZE as u64);
+    cfg.tier2.dir = dir.path().join("tier2");
+    cfg.tier3.url = dir.path().join("tier3").to_string_lossy().into_owned();
+    cfg.tier3.segment_bytes = ByteSize(1 << 20);
+    cfg.mtm.enabled = false;
+    cfg.mtm.headroom_pages = 0;
+    cfg.tracker.sample_pages_per_sec = 0;
+    cfg.fault.handler_threads = 1;
+    (cfg, dir)
+}
+
+/// Word `i` of a page holding `value` (value 0 is an all-zero page).
+pub fn word(page: usize, value: u64, i: usize) -> u64 {
+    if value == 0 {
+        return 0;
+    }
+    let x = value ^ ((page as u64) << 40) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64 finaliser: every word differs, and no word pattern survives a shifted copy.
+    let x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The 4096 bytes of a page holding `value`.
+pub fn page_bytes(page: usize, value: u64) -> Vec<u8> {
+    (0..WORDS).flat_map(|i| word(page, value, i).to_le_bytes()).collect()
+}
+
+/// Writes every word of `page` through guest memory (faults it in).
+pub fn write_page(mem: &[AtomicU64], page: usize, value: u64) {
+    for (i, w) in mem[page * WORDS..(page + 1) * WORDS].iter().enumerate() {
+        w.store(word(page, value, i), Ordering::Relaxed);
+    }
+}
+
+/// Reads every word of `page` through guest memory and checks it holds `value`.
+pub fn check_page(mem: &[AtomicU64], page: usize, value: u64) {
+    for (i, w) in mem[page * WORDS..(page + 1) * WORDS].iter().enumerate() {
+        let got = w.load(Ordering::Relaxed);
+        let want = word(page, value, i);
+        assert_eq!(got, want, "guest page {page} word {i}: got {got:#x}, want {want:#x} (value {value:#x})");
+    }
+}
+
+/// Runs `f` until it is not refused with `EngineError::Busy` (a fault handler may still hold the
+/// page lock for a moment after it woke the faulting thread).
+pub fn retry_busy<T>(what: &str, mut f: impl FnMut() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(EngineError::Busy { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Err(EngineError::Busy { page }) => panic!("{what}: page {page} busy for 10 s"),
+            other => return other,
+        }
+    }
+}
+
+/// Reads `page` with `Engine::read_page` (retrying while busy).
+pub fn read_host(engine: &Engine, page: usize) -> Result<Vec<u8>, EngineError> {
+    let mut out = vec![0u8; PAGE_SIZE];
+    retry_busy("read_page", || engine.read_page(page, &mut out))?;
+    Ok(out)
+}
+
+/// File and byte offset of the tier-2 copy of `page` (which must be in tier 2).
+pub fn tier2_location(engine: &Engine, page: usize) -> (PathBuf, u64) {
+    let view = engine.page(page).expect("page");
+    let Home::Ssd(slot) = view.home() else {
+        panic!("page {page} is not in tier 2: {:?}", view.home());
+    };
+    let spf = engine.config().tier2.slots_per_file;
+    let file = engine.config().tier2.dir.join(format!("slots-{:05}.dat", slot.0 / spf));
+    (file, u64::from(slot.0 % spf) * PAGE_SIZE as u64)
+}
+
+/// Object name and byte offset of the tier-3 copy of `page` (which must be in tier 3).
+pub fn tier3_location(engine: &Engine, page: usize) -> (String, u64) {
+    let view = engine.page(page).expect("page");
+    let Home::Object(loc) = view.home() else {
+        panic!("page {page} is not in tier 3: {:?}", view.home());
+    };
+    (format!("seg-{:08x}.vts", loc.segment), segment::page_offset(loc.index))
+}
+
+/// Flips one bit of the byte at `offset` of `file`.
+pub fn flip_byte(file: &Path, offset: u64) {
+    let f =
+        OpenOptions::new().read(true).write(true).open(file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read byte");
+    b[0] ^= 0x10;
+    f.write_all_at(&b, offset).expect("write byte");
+    f.sync_all().expect("fsync");
+}
+
+/// Runs `f` on its own thread and fails the test if it has not returned within `limit`
+/// (a deadlocked fault path would otherwise hang the test run).
+pub fn with_deadline<T: Send + 'static>(what: &str, limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(what.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .expect("spawn");
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            handle.join().expect("join");
+            v
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The closure panicked: re-raise its panic here.
+            match handle.join() {
+                Err(p) => std::panic::resume_unwind(p),
+                Ok(()) => unreachable!("sender dropped without sending"),
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?} (hang)"),
+    }
+}
+
+/// Test credentials and bucket of the `s3s-fs` server.
+pub const S3_ACCESS_KEY: &str = "vmtier-test";
+/// Secret key of the test server.
+pub const S3_SECRET_KEY: &str = "vmtier-test-secret";
+/// Bucket (a directory under the server root).
+pub const S3_BUCKET: &str = "vmtier-test";
+
+/// Finds the `s3s-fs` binary: `$VMTIER_S3S_FS`, then `PATH`, then `~/.cargo/bin`.
+pub fn find_s3s_fs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VMTIER_S3S_FS") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let home_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin"));
+    std::env::split_paths(&path).chain(home_bin).map(|d| d.join("s3s-fs")).find(|p| p.is_file())
+}
+
+/// The `s3s-fs` binary, or `None` if it is missing and `VMTIER_SKIP_S3=1` (fails otherwise,
+/// with install instructions).
+pub fn s3s_fs_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(bin) = find_s3s_fs() {
+        return Some(bin);
+    }
+    if std::env::var("VMTIER_SKIP_S3").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: s3s-fs not found and VMTIER_SKIP_S3=1");
+        return None;
+    }
+    panic!(
+        "s3s-fs not found (looked at $VMTIER_S3S_FS, PATH and ~/.cargo/bin). Install it with \
+         `scripts/s3-test-server.sh install` (cargo install s3s-fs --version 0.14.1 --features \
+         binary --locked), or set VMTIER_SKIP_S3=1 to skip this test"
+    );
+}
+
+/// An `s3s-fs` server on a free loopback port serving a temporary root, killed on drop.
+pub struct S3Server {
+    child: Child,
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    root: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for S3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Server").field("port", &self.port).field("root", &self.root.path()).finish()
+    }
+}
+
+impl S3Server {
+    /// Starts the server with bucket [`S3_BUCKET`] and waits until it listens.
+    pub fn start(bin: &Path) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(root.path().join(S3_BUCKET)).expect("create bucket directory");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let server = Self { child, port, root };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port} within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// The directory the server stores bucket `S3_BUCKET` in (objects are files under it).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(S3_BUCKET)
+    }
+
+    /// Points `cfg`'s tier 3 at `s3://S3_BUCKET/<prefix>` on this server.
+    pub fn configure(&self, cfg: &mut EngineConfig, prefix: &str) {
+        cfg.tier3.url = format!("s3://{S3_BUCKET}/{prefix}");
+        cfg.tier3.endpoint = Some(format!("http://127.0.0.1:{}", self.port));
+        cfg.tier3.region = Some("us-east-1".into());
+        cfg.tier3.access_key_id = Some(S3_ACCESS_KEY.into());
+        cfg.tier3.secret_access_key = Some(S3_SECRET_KEY.into());
+        cfg.tier3.allow_http = true;
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
