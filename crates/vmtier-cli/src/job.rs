@@ -38,8 +38,7 @@ pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
         while !guest.is_finished() {
             bar.set_length(progress.total.load(Ordering::Relaxed));
             bar.set_position(progress.done.load(Ordering::Relaxed));
-            let snap = engine.snapshot();
-            bar.set_message(format!("{} {}MiB", progress.phase_name(), snap.resident_bytes >> 20));
+            bar.set_message(format!("{} {}MiB", progress.phase_name(), engine.resident_bytes() >> 20));
             std::thread::sleep(Duration::from_millis(100));
         }
         bar.finish_and_clear();

@@ -1,6 +1,7 @@
 //! `vmtier`: tiered VM memory — demo, run, bench.
 
 mod bench_fault;
+mod bench_sampling;
 mod job;
 mod run_config;
 
@@ -49,6 +50,8 @@ enum Command {
 enum Bench {
     /// The fault path (4 KiB and batched) against the raw UFFDIO_COPY floor and the device.
     Fault(bench_fault::Args),
+    /// What access sampling costs the guest: throughput with sampling off and on.
+    Sampling(bench_sampling::Args),
 }
 
 /// Options shared by `demo` and `run`; they override the file's values.
@@ -137,6 +140,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { bench: Bench::Fault(args) } => {
             bench_fault::run(&args)?;
+            true
+        }
+        Command::Bench { bench: Bench::Sampling(args) } => {
+            bench_sampling::run(&args)?;
             true
         }
     };

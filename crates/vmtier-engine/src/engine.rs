@@ -205,6 +205,11 @@ impl Engine {
         out
     }
 
+    /// Guest bytes in DRAM now (cheap; `snapshot` walks the page table).
+    pub fn resident_bytes(&self) -> u64 {
+        (self.pager.budget.resident() * PAGE_SIZE) as u64
+    }
+
     /// Counters and occupancy now.
     pub fn snapshot(&self) -> Snapshot {
         snapshot(&self.pager, &self.cfg, self.policy)
