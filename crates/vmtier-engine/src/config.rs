@@ -225,7 +225,7 @@ pub struct FaultConfig {
 
 impl Default for FaultConfig {
     fn default() -> Self {
-        Self { handler_threads: 1 }
+        Self { handler_threads: 2 }
     }
 }
 

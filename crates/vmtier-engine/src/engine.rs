@@ -178,7 +178,7 @@ impl Engine {
         let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
         match to {
             Tier::Dram => p.promote(page, &mut buf),
-            Tier::Object => Ok(p.move_to_object(&[page])? == 1),
+            Tier::Object => Ok(p.move_batch(&[page], Tier::Object)? == 1),
             Tier::Ssd => {
                 let g = p.table.get(page).try_lock().ok_or(EngineError::Busy { page: page as u64 })?;
                 if g.view().resident() {

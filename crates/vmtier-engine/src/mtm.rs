@@ -125,6 +125,7 @@ impl Mtm {
                 idle_ticks: if never { u32::MAX / 2 } else { u32::from((now as u16).wrapping_sub(v.seen)) },
                 resident: v.resident(),
                 zero: !v.resident() && v.home() == Home::Zero,
+                home_tier: v.home().tier(),
             });
         }
         self.targets.clear();
@@ -159,6 +160,7 @@ impl Mtm {
         let need = want_free.saturating_sub(p.budget.free());
         let eager = self.policy.eager_demotion();
         let mut to_object = Vec::new();
+        let mut to_ssd = Vec::new();
         let mut taken = 0;
         for &(_, page) in &demote {
             let target = self.targets[page];
@@ -171,14 +173,12 @@ impl Mtm {
             taken += 1;
             if target == Tier::Object {
                 to_object.push(page);
-            } else if let Some(g) = p.table.get(page).try_lock()
-                && g.view().resident()
-                && let Err(e) = p.evict(page, &g, &mut self.buf, true)
-            {
-                error!(page, error = %crate::error::chain(&e), "demotion to tier 2 failed");
+            } else {
+                to_ssd.push(page);
             }
         }
-        self.flush_to_object(p, &to_object);
+        self.flush(p, &to_ssd, Tier::Ssd);
+        self.flush(p, &to_object, Tier::Object);
 
         // 2. Promote while frames are free beyond the headroom.
         for &(_, page) in &promote {
@@ -193,7 +193,7 @@ impl Mtm {
         // 3. Stored pages: cold ones down to tier 3, warm ones up to tier 2.
         let n = down.len().min(self.budget_pages / 2);
         self.budget_pages -= n;
-        self.flush_to_object(p, &down[..n]);
+        self.flush(p, &down[..n], Tier::Object);
         for &page in &up {
             if !self.spend(2) {
                 break;
@@ -205,10 +205,12 @@ impl Mtm {
         debug!(demote = demote.len(), promote = promote.len(), down = down.len(), up = up.len(), "mtm decision");
     }
 
-    fn flush_to_object(&mut self, p: &Pager, pages: &[usize]) {
-        for chunk in pages.chunks(self.cfg.tier3.segment_bytes.0 as usize / PAGE_SIZE) {
-            if let Err(e) = p.move_to_object(chunk) {
-                error!(error = %crate::error::chain(&e), "move to tier 3 failed");
+    /// Moves pages down to `to` in batches (one write per batch).
+    fn flush(&mut self, p: &Pager, pages: &[usize], to: Tier) {
+        let batch = if to == Tier::Object { self.cfg.tier3.segment_bytes.0 as usize / PAGE_SIZE } else { 256 };
+        for chunk in pages.chunks(batch) {
+            if let Err(e) = p.move_batch(chunk, to) {
+                error!(error = %crate::error::chain(&e), ?to, "batch move down failed");
             }
         }
     }

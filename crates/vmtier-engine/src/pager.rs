@@ -23,6 +23,7 @@ use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::page_table::{DIRTY, Home, POISONED, PageGuard, PageTable, PageView, RESIDENT};
+use crate::policy::Tier;
 use crate::stats::{Stats, add, bump};
 use crate::tracker::{AccessKind, Tracker};
 
@@ -44,6 +45,11 @@ pub struct Pager {
     clock: AtomicUsize,
     segment_pages: usize,
 }
+
+/// Most pages written to tier 2 with one batch (1 MiB).
+const BATCH_PAGES: usize = 256;
+/// Victims evicted together when a fault finds DRAM full.
+const RECLAIM_BATCH: usize = 32;
 
 fn page_err(op: &'static str, page: usize) -> impl FnOnce(vmtier_uffd::Error) -> EngineError {
     move |source| EngineError::PageOp { op, page: page as u64, source }
@@ -278,12 +284,27 @@ impl Pager {
     /// Evicts one resident page: an MTM-chosen victim if there is one, else the first page a
     /// clock hand finds that was not seen in this tick.
     fn reclaim_one(&self, buf: &mut AlignedBuf) -> bool {
+        // The MTM's coldest candidates, a batch at a time: one write for many evictions.
         loop {
-            let Some(page) = self.victims.lock().pop() else {
-                break;
+            let batch: Vec<usize> = {
+                let mut v = self.victims.lock();
+                let n = v.len().saturating_sub(RECLAIM_BATCH);
+                v.drain(n..).rev().map(|p| p as usize).collect()
             };
-            if self.try_evict(page as usize, buf) {
-                return true;
+            if batch.is_empty() {
+                break;
+            }
+            match self.move_batch(&batch, Tier::Ssd) {
+                Ok(n) if n > 0 => {
+                    add(&self.stats.direct_reclaims, n as u64 - 1);
+                    return true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    bump(&self.stats.io_errors);
+                    error!(error = %crate::error::chain(&e), "batch eviction failed");
+                    break;
+                }
             }
         }
         let n = self.table.len();
@@ -346,32 +367,41 @@ impl Pager {
         Ok(true)
     }
 
-    /// Moves a batch of pages to tier 3 as one segment: resident pages are evicted from DRAM,
-    /// tier-2 pages have their slot freed. Busy, zero and already-tier-3 pages are skipped.
-    /// Returns the number of pages moved.
-    pub(crate) fn move_to_object(&self, pages: &[usize]) -> Result<usize, EngineError> {
-        let mut held: Vec<(usize, PageGuard<'_>, PageView)> = Vec::with_capacity(pages.len().min(self.segment_pages));
-        let mut data = AlignedBuf::zeroed(self.segment_pages * PAGE_SIZE);
+    /// Moves a batch of pages down to `to` (tier 2 or tier 3) with one write: resident pages
+    /// leave DRAM (unchanged ones without any write), and for tier 3 non-resident tier-2 pages
+    /// are packed too (their slots freed). Busy, poisoned and zero pages are skipped, as are pages
+    /// already stored where they are going. Returns the number of pages moved out of DRAM or down
+    /// a tier.
+    pub(crate) fn move_batch(&self, pages: &[usize], to: Tier) -> Result<usize, EngineError> {
+        let cap = match to {
+            Tier::Object => self.segment_pages,
+            _ => BATCH_PAGES,
+        };
+        let mut held: Vec<(usize, PageGuard<'_>, PageView)> = Vec::with_capacity(pages.len().min(cap));
+        let mut data = AlignedBuf::zeroed(cap.min(pages.len()).max(1) * PAGE_SIZE);
+        let mut moved = 0;
         for &page in pages {
-            if held.len() == self.segment_pages {
+            if held.len() == cap {
                 break;
             }
-            let Some(g) = self.table.get(page).try_lock() else {
-                continue;
-            };
+            let Some(g) = self.table.get(page).try_lock() else { continue };
             let v = g.view();
             if v.word & POISONED != 0 {
                 continue;
             }
             let chunk = &mut data[held.len() * PAGE_SIZE..(held.len() + 1) * PAGE_SIZE];
             if v.resident() {
-                if !v.dirty() && matches!(v.home(), Home::Object(_) | Home::Zero) {
-                    // Unchanged since stored in tier 3, or still zeros: drop it, no write.
-                    if let Err(e) = self.drop_frame(page, &g) {
-                        error!(page, error = %crate::error::chain(&e), "dropping a clean page failed");
-                    } else {
-                        bump(&self.stats.clean_evictions);
-                    }
+                let stored_ok = match (to, v.home()) {
+                    (_, Home::Zero) => true,
+                    (Tier::Object, Home::Object(_)) => true,
+                    (Tier::Object, Home::Ssd(_)) => false,
+                    _ => true,
+                };
+                if !v.dirty() && stored_ok {
+                    // Unchanged since stored (or still zeros): drop it, no write.
+                    self.drop_frame(page, &g)?;
+                    bump(&self.stats.clean_evictions);
+                    moved += 1;
                     continue;
                 }
                 if v.dirty() {
@@ -384,57 +414,79 @@ impl Pager {
                     g.set_home(Home::Zero, 0);
                     self.release(v.home());
                     self.drop_frame(page, &g)?;
+                    moved += 1;
+                    continue;
+                }
+            } else if to == Tier::Object && matches!(v.home(), Home::Ssd(_)) {
+                if let Err(e) = self.read_home(page, &v, chunk) {
+                    if e.is_corruption() {
+                        error!(page, error = %crate::error::chain(&e), "corrupt tier-2 copy found while moving to tier 3; page poisoned");
+                        self.poison(page, &g);
+                    } else {
+                        bump(&self.stats.io_errors);
+                        error!(page, error = %crate::error::chain(&e), "tier-2 read failed while moving to tier 3");
+                    }
                     continue;
                 }
             } else {
-                match v.home() {
-                    Home::Ssd(_) => {
-                        if let Err(e) = self.read_home(page, &v, chunk) {
-                            if e.is_corruption() {
-                                error!(page, error = %crate::error::chain(&e), "corrupt tier-2 copy found while moving to tier 3; page poisoned");
-                                self.poison(page, &g);
-                            } else {
-                                bump(&self.stats.io_errors);
-                                error!(page, error = %crate::error::chain(&e), "tier-2 read failed while moving to tier 3");
-                            }
-                            continue;
-                        }
-                    }
-                    Home::Zero | Home::Object(_) => continue,
-                }
+                continue;
             }
             held.push((page, g, v));
         }
         if held.is_empty() {
-            return Ok(0);
+            return Ok(moved);
         }
-        let batch: Vec<(u64, &[u8])> = held
-            .iter()
-            .enumerate()
-            .map(|(i, (page, _, _))| (*page as u64, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
-            .collect();
-        let locs = match self.object.write_segment(&batch) {
-            Ok(locs) => locs,
-            Err(source) => {
-                for (page, _, v) in &held {
-                    if v.resident() && v.dirty() {
-                        let _ = self.uffd.write_protect(self.addr(*page), PAGE_SIZE, false, true);
-                    }
-                }
-                return Err(EngineError::Tier3 { page: held[0].0 as u64, source });
+        let data = &data[..held.len() * PAGE_SIZE];
+        let written = match to {
+            Tier::Object => {
+                let batch: Vec<(u64, &[u8])> = held
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (page, _, _))| (*page as u64, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+                    .collect();
+                self.object
+                    .write_segment(&batch)
+                    .map(|locs| locs.into_iter().map(|(loc, crc)| (Home::Object(loc), crc)).collect::<Vec<_>>())
+                    .map_err(|source| EngineError::Tier3 { page: held[0].0 as u64, source })
+            }
+            _ => self.write_slots(data, held[0].0),
+        };
+        let homes = match written {
+            Ok(homes) => homes,
+            Err(e) => {
+                // Pages stay where they were; dirty ones stay write-protected until their next
+                // write, which the WP fault handles as usual.
+                return Err(e);
             }
         };
-        add(&self.stats.tier3_bytes_written, (held.len() * PAGE_SIZE) as u64);
-        for ((page, g, v), (loc, crc)) in held.iter().zip(locs) {
-            g.set_home(Home::Object(loc), crc);
+        let bytes = (held.len() * PAGE_SIZE) as u64;
+        add(if to == Tier::Object { &self.stats.tier3_bytes_written } else { &self.stats.tier2_bytes_written }, bytes);
+        for ((page, g, v), (home, crc)) in held.iter().zip(homes) {
+            g.set_home(home, crc);
             self.release(v.home());
             if v.resident() {
                 self.drop_frame(*page, g)?;
             } else {
                 bump(&self.stats.moves_2_to_3);
             }
+            moved += 1;
         }
-        Ok(held.len())
+        Ok(moved)
+    }
+
+    /// Writes pages (back to back in `data`) to freshly allocated tier-2 slots.
+    fn write_slots(&self, data: &[u8], first_page: usize) -> Result<Vec<(Home, u32)>, EngineError> {
+        let err = |source| EngineError::Tier2 { page: first_page as u64, source };
+        let slots = self.ssd.alloc_many(data.len() / PAGE_SIZE).map_err(err)?;
+        match self.ssd.write_many(&slots, data) {
+            Ok(crcs) => Ok(slots.into_iter().map(Home::Ssd).zip(crcs).collect()),
+            Err(e) => {
+                for slot in slots {
+                    self.release(Home::Ssd(slot));
+                }
+                Err(err(e))
+            }
+        }
     }
 
     /// Moves a non-resident page's stored copy from tier 3 up to tier 2.

@@ -418,6 +418,58 @@ impl SsdStore {
         Ok(())
     }
 
+    /// Allocates `n` slots at once, lowest free first, so that on a store whose free space is
+    /// contiguous they come out as runs that [`write_many`](Self::write_many) writes with one
+    /// I/O each. On error nothing stays allocated.
+    pub fn alloc_many(&self, n: usize) -> Result<Vec<SlotId>, SsdError> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            match self.alloc() {
+                Ok(slot) => out.push(slot),
+                Err(e) => {
+                    for slot in out {
+                        let _ = self.free(slot);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes pages to `slots`; `data` holds them back to back (`slots.len()` × 4096 bytes,
+    /// 4096-aligned, e.g. an [`AlignedBuf`]). Runs of consecutive slots in one file go out as one
+    /// write. Returns the crc32c of each page.
+    pub fn write_many(&self, slots: &[SlotId], data: &[u8]) -> Result<Vec<u32>, SsdError> {
+        if data.len() != slots.len() * PAGE_SIZE {
+            let slot = slots.first().copied().unwrap_or(SlotId(0));
+            return Err(SsdError::BufferSize { op: "write_many", slot, len: data.len() });
+        }
+        if self.cfg.direct_io && !(data.as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
+            let mut b = AlignedBuf::zeroed(data.len().max(PAGE_SIZE));
+            b[..data.len()].copy_from_slice(data);
+            return self.write_many(slots, &b[..data.len()]);
+        }
+        let crcs = data.chunks_exact(PAGE_SIZE).map(crc32c::crc32c).collect();
+        let spf = self.spf();
+        let mut i = 0;
+        while i < slots.len() {
+            let mut j = i + 1;
+            while j < slots.len() && slots[j].0 == slots[j - 1].0 + 1 && slots[j].0 / spf == slots[i].0 / spf {
+                j += 1;
+            }
+            let (f, offset) = self.locate(slots[i])?;
+            f.file.write_all_at(&data[i * PAGE_SIZE..j * PAGE_SIZE], offset).map_err(|source| SsdError::Write {
+                slot: slots[i],
+                file: f.path.clone(),
+                offset,
+                source,
+            })?;
+            i = j;
+        }
+        Ok(crcs)
+    }
+
     /// Writes one page to `slot` and returns its crc32c, which the caller must keep and pass to
     /// [`read`](Self::read). `page` must be 4096 bytes; if it is not 4096-aligned (an
     /// [`AlignedBuf`] is), it is copied through an aligned bounce buffer.

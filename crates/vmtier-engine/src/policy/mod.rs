@@ -38,6 +38,8 @@ pub struct PageStats {
     pub resident: bool,
     /// Never stored and not resident: all zeros, costs nothing anywhere.
     pub zero: bool,
+    /// Tier of the stored copy: 0 none, 2 or 3.
+    pub home_tier: u8,
 }
 
 /// Facts about the whole system a policy may use.

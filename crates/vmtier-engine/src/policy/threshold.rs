@@ -114,7 +114,14 @@ mod tests {
         let mut p = ThresholdPolicy::new(ThresholdConfig::default(), Box::new(EvenHigh));
         let pages: Vec<_> = [(0, 90), (1, 90), (2, 10), (3, 10)]
             .iter()
-            .map(|&(page, frequency)| PageStats { page, frequency, idle_ticks: 0, resident: true, zero: false })
+            .map(|&(page, frequency)| PageStats {
+                page,
+                frequency,
+                idle_ticks: 0,
+                resident: true,
+                zero: false,
+                home_tier: 2,
+            })
             .collect();
         let mut out = vec![Tier::Ssd; 4];
         let ctx = PolicyContext { dram_pages: 10, cold_after_ticks: 10 };
