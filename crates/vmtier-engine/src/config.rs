@@ -221,11 +221,14 @@ impl Default for TrackerConfig {
 pub struct FaultConfig {
     /// Threads reading the userfaultfd.
     pub handler_threads: usize,
+    /// Most pages a read fault on a tier-2 page installs at once: the page and the neighbours
+    /// stored in the following slots, with one read and one copy (1 = off).
+    pub fault_around_pages: usize,
 }
 
 impl Default for FaultConfig {
     fn default() -> Self {
-        Self { handler_threads: 2 }
+        Self { handler_threads: 2, fault_around_pages: 16 }
     }
 }
 
@@ -335,6 +338,9 @@ impl EngineConfig {
         }
         if !(1..=64).contains(&self.fault.handler_threads) {
             return Err(bad(&k("fault.handler_threads"), self.fault.handler_threads, "1 to 64"));
+        }
+        if !(1..=512).contains(&self.fault.fault_around_pages) {
+            return Err(bad(&k("fault.fault_around_pages"), self.fault.fault_around_pages, "1 (off) to 512 (2 MiB)"));
         }
         Ok(())
     }

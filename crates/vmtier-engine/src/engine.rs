@@ -85,6 +85,8 @@ impl Engine {
             object,
             tracker,
             t3.segment_bytes.0 as usize / PAGE_SIZE,
+            cfg.fault.fault_around_pages,
+            cfg.mtm.headroom_pages,
         ));
         let stop = Arc::new(AtomicBool::new(false));
         let mut engine = Self {
@@ -267,6 +269,8 @@ pub struct Snapshot {
     pub tier2_hits: u64,
     /// Faults served from tier 3.
     pub tier3_hits: u64,
+    /// Neighbouring tier-2 pages installed together with a faulting one (one read, one copy).
+    pub fault_around_pages: u64,
     /// Pages brought into DRAM ahead of use.
     pub promotions: u64,
     /// Pages removed from DRAM.
@@ -342,6 +346,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         zero_fills: l(&s.zero_fills),
         tier2_hits: l(&s.tier2_hits),
         tier3_hits: l(&s.tier3_hits),
+        fault_around_pages: l(&s.fault_around_pages),
         promotions: l(&s.promotions),
         demotions: l(&s.demotions),
         direct_reclaims: l(&s.direct_reclaims),

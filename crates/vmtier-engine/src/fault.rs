@@ -127,7 +127,13 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
             if !p.reserve_frame(buf) {
                 return Outcome::Park;
             }
-            if let Err(e) = p.fill(page, &g, write, buf) {
+            let around = if write { Ok(false) } else { p.fill_around(page, &g) };
+            let filled = match around {
+                Ok(true) => Ok(()),
+                Ok(false) => p.fill(page, &g, write, buf),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = filled {
                 p.budget.release(1);
                 if e.is_corruption() {
                     error!(page, error = %crate::error::chain(&e), "stored copy is corrupt; page poisoned, the guest will get SIGBUS on it");

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use tracing::{error, trace, warn};
 use vmtier_storage::object::{ObjectTier, SegmentLoc};
-use vmtier_storage::ssd::SsdStore;
+use vmtier_storage::ssd::{SlotId, SsdStore};
 use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 
 use crate::dram::DramBudget;
@@ -44,6 +44,10 @@ pub struct Pager {
     victims: Mutex<Vec<u32>>,
     clock: AtomicUsize,
     segment_pages: usize,
+    /// Most pages one tier-2 fault installs (neighbours in consecutive slots), 1 = off.
+    fault_around: usize,
+    /// Free frames the MTM keeps; fault-around never eats into them.
+    headroom: usize,
 }
 
 /// Most pages written to tier 2 with one batch (1 MiB).
@@ -67,6 +71,8 @@ impl Pager {
         object: ObjectTier,
         tracker: Tracker,
         segment_pages: usize,
+        fault_around: usize,
+        headroom: usize,
     ) -> Self {
         Self {
             table,
@@ -82,6 +88,8 @@ impl Pager {
             victims: Mutex::new(Vec::new()),
             clock: AtomicUsize::new(0),
             segment_pages,
+            fault_around,
+            headroom,
         }
     }
 
@@ -180,6 +188,62 @@ impl Pager {
         g.set(RESIDENT);
         trace!(page, home = ?v.home(), crc = v.crc, write, "fill");
         Ok(())
+    }
+
+    /// Serves a read fault on a tier-2 page together with its neighbours: the following pages
+    /// whose copies sit in the following slots of the same file are read with one I/O and
+    /// installed with one `UFFDIO_COPY` (write-protected, clean), while DRAM has frames to spare
+    /// beyond the MTM's headroom. Returns false (nothing done) when there is no such neighbour;
+    /// the caller then serves the page alone. The caller holds `g` and a frame for `page`.
+    pub(crate) fn fill_around(&self, page: usize, g: &PageGuard<'_>) -> Result<bool, EngineError> {
+        let v = g.view();
+        let Home::Ssd(first) = v.home() else { return Ok(false) };
+        let spf = self.ssd.config().slots_per_file;
+        let max = self.fault_around.min(self.table.len() - page);
+        let mut extra = Vec::new();
+        let mut crcs = vec![v.crc];
+        for k in 1..max {
+            let slot = first.0 + k as u32;
+            if slot / spf != first.0 / spf || self.budget.free() <= self.headroom {
+                break;
+            }
+            let Some(gk) = self.table.get(page + k).try_lock() else { break };
+            let vk = gk.view();
+            if vk.resident()
+                || vk.word & POISONED != 0
+                || vk.home() != Home::Ssd(SlotId(slot))
+                || !self.budget.try_reserve()
+            {
+                break;
+            }
+            crcs.push(vk.crc);
+            extra.push(gk);
+        }
+        if extra.is_empty() {
+            return Ok(false);
+        }
+        let mut buf = AlignedBuf::zeroed(crcs.len() * PAGE_SIZE);
+        if self.ssd.read_run(first, &crcs, &mut buf).is_err() {
+            // Let the single-page path report exactly which page is bad (or retry the I/O).
+            self.budget.release(extra.len());
+            return Ok(false);
+        }
+        let addr = self.addr(page);
+        if self.uffd.copy(addr, &buf, true, true).map_err(page_err("UFFDIO_COPY", page))? == Filled::AlreadyPresent {
+            // Some page of the run was present already: fill the rest one by one.
+            warn!(page, pages = crcs.len(), "a page of a fault-around run was already present");
+            for (i, chunk) in buf.chunks_exact(PAGE_SIZE).enumerate() {
+                self.uffd.copy(addr + i * PAGE_SIZE, chunk, true, true).map_err(page_err("UFFDIO_COPY", page + i))?;
+            }
+        }
+        g.set(RESIDENT);
+        for gk in &extra {
+            gk.set(RESIDENT);
+        }
+        add(&self.stats.bytes_read, buf.len() as u64);
+        bump(&self.stats.tier2_hits);
+        add(&self.stats.fault_around_pages, extra.len() as u64);
+        Ok(true)
     }
 
     /// Marks a page whose stored copy is corrupt so no access is ever served wrong data: guest

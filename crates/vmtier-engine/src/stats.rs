@@ -21,6 +21,8 @@ pub struct Stats {
     pub tier2_hits: AtomicU64,
     /// MISSING faults served from tier 3.
     pub tier3_hits: AtomicU64,
+    /// Neighbouring pages installed together with a faulting tier-2 page.
+    pub fault_around_pages: AtomicU64,
     /// Pages brought into DRAM by the MTM ahead of use.
     pub promotions: AtomicU64,
     /// Pages removed from DRAM (by the MTM or by direct reclaim).
@@ -64,6 +66,7 @@ impl Default for Stats {
             zero_fills: z(),
             tier2_hits: z(),
             tier3_hits: z(),
+            fault_around_pages: z(),
             promotions: z(),
             demotions: z(),
             direct_reclaims: z(),

@@ -519,6 +519,49 @@ impl SsdStore {
         Ok(())
     }
 
+    /// Reads the run of consecutive slots starting at `first` (one per `expected_crcs` entry, all
+    /// in one file) with a single read into `out` (`expected_crcs.len()` × 4096 bytes), checking
+    /// every page's crc32c. Used to serve several neighbouring pages with one I/O.
+    pub fn read_run(&self, first: SlotId, expected_crcs: &[u32], out: &mut [u8]) -> Result<(), SsdError> {
+        let n = expected_crcs.len() as u32;
+        if out.len() != expected_crcs.len() * PAGE_SIZE
+            || n == 0
+            || first.0 / self.spf() != (first.0 + n - 1) / self.spf()
+        {
+            return Err(SsdError::BufferSize { op: "read_run", slot: first, len: out.len() });
+        }
+        let (f, offset) = self.locate(first)?;
+        if self.cfg.direct_io && !(out.as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
+            let mut b = AlignedBuf::zeroed(out.len());
+            f.file.read_exact_at(&mut b, offset).map_err(|source| SsdError::Read {
+                slot: first,
+                file: f.path.clone(),
+                offset,
+                source,
+            })?;
+            out.copy_from_slice(&b);
+        } else {
+            f.file.read_exact_at(out, offset).map_err(|source| SsdError::Read {
+                slot: first,
+                file: f.path.clone(),
+                offset,
+                source,
+            })?;
+        }
+        for (i, (page, &expected)) in out.chunks_exact(PAGE_SIZE).zip(expected_crcs).enumerate() {
+            let actual = crc32c::crc32c(page);
+            if actual != expected {
+                return Err(SsdError::Corrupt {
+                    slot: SlotId(first.0 + i as u32),
+                    file: f.path.clone(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Plans a compaction step: up to `max` live slots in the highest-numbered files that should
     /// move into free slots of lower files. A file is drained only when at most half of its slots
     /// are live and the files below it have room for all of them; the plan is empty when nothing

@@ -299,3 +299,26 @@ fn write_many_coalesces_runs_across_files() {
     // A length that does not match the slots is refused, not half-written.
     assert!(s.write_many(&slots, &data[..PAGE_SIZE]).is_err());
 }
+
+#[test]
+fn read_run_checks_every_page() {
+    let (_dir, s) = store(8);
+    let slots = s.alloc_many(4).unwrap();
+    let mut data = AlignedBuf::zeroed(4 * PAGE_SIZE);
+    for (i, chunk) in data.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        chunk.copy_from_slice(&page(7 + i as u64));
+    }
+    let crcs = s.write_many(&slots, &data).unwrap();
+    let mut out = AlignedBuf::zeroed(4 * PAGE_SIZE);
+    s.read_run(slots[0], &crcs, &mut out).unwrap();
+    assert_eq!(&out[..], &data[..]);
+    // One wrong checksum in the run fails the whole read, naming that slot.
+    let mut bad = crcs.clone();
+    bad[2] ^= 1;
+    match s.read_run(slots[0], &bad, &mut out) {
+        Err(SsdError::Corrupt { slot, .. }) => assert_eq!(slot, slots[2]),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // A run may not cross a file boundary.
+    assert!(s.read_run(SlotId(6), &crcs, &mut out).is_err());
+}

@@ -1,0 +1,261 @@
+//! Integration tests for the `vmtier` binary: each runs it as a child process with its working
+//! directory set to a fresh temporary directory, so `./vmtier-data` lands there.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn vmtier(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmtier"));
+    cmd.current_dir(dir).env_remove("VMTIER_LOG");
+    cmd
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    vmtier(dir).args(args).output().expect("vmtier runs")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Exit 0 and stdout is exactly one JSON object.
+fn json_ok(out: &Output) -> serde_json::Map<String, Value> {
+    assert_eq!(out.status.code(), Some(0), "{}", describe(out));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value: {e}\n{}", describe(out)));
+    match v {
+        Value::Object(m) => m,
+        other => panic!("stdout is not a JSON object: {other}"),
+    }
+}
+
+fn u64_key(m: &serde_json::Map<String, Value>, k: &str) -> u64 {
+    m.get(k).and_then(Value::as_u64).unwrap_or_else(|| panic!("`{k}` missing or not an unsigned integer in {m:?}"))
+}
+
+/// Exit code 2; returns stderr.
+fn fails_with_2(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "{}", describe(out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[test]
+fn demo_json_summary() {
+    let dir = tempdir();
+    let out = run(
+        dir.path(),
+        &["demo", "--json", "--memory", "16MiB", "--dram", "4MiB", "--accesses", "30000", "--workload", "zipf"],
+    );
+    let m = json_ok(&out);
+    assert_eq!(u64_key(&m, "guest_bytes"), 16 * MIB);
+    let budget = u64_key(&m, "dram_budget_bytes");
+    assert_eq!(budget, 4 * MIB);
+    let peak = u64_key(&m, "peak_resident_bytes");
+    assert!(peak <= budget, "peak_resident_bytes {peak} exceeds the DRAM budget {budget}");
+    assert!(u64_key(&m, "faults") > 0);
+    let tiers = m["pages_in_tier"].as_object().expect("pages_in_tier is an object");
+    for t in ["1", "2", "3"] {
+        assert!(tiers.get(t).and_then(Value::as_u64).is_some(), "pages_in_tier lacks tier {t}: {tiers:?}");
+    }
+    u64_key(&m, "promotions");
+    u64_key(&m, "demotions");
+    let lat = m["fault_latency_us"].as_object().expect("fault_latency_us is an object");
+    for q in ["p50", "p99"] {
+        assert!(lat.get(q).and_then(Value::as_f64).is_some(), "fault_latency_us lacks {q}: {lat:?}");
+    }
+    assert_eq!(m["verified"], Value::Bool(true));
+    assert!(dir.path().join("vmtier-data/tier2").is_dir(), "./vmtier-data/tier2 not created");
+}
+
+#[test]
+fn run_config_file_with_threshold_policy() {
+    let dir = tempdir();
+    let cfg = dir.path().join("small.toml");
+    std::fs::write(
+        &cfg,
+        "[engine]\nmemory = \"16MiB\"\ndram = \"4MiB\"\n\n[engine.mtm]\npolicy = \"threshold\"\n\n\
+         [workload]\nkind = \"scan\"\npasses = 2\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["run", "--config", cfg.to_str().unwrap(), "--json"]);
+    let m = json_ok(&out);
+    assert_eq!(m["verified"], Value::Bool(true));
+    assert_eq!(m["policy"], "threshold");
+    assert_eq!(m["workload"], "scan");
+    assert_eq!(u64_key(&m, "guest_bytes"), 16 * MIB);
+}
+
+#[test]
+fn config_errors_exit_2_and_name_the_problem() {
+    let dir = tempdir();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+
+    // DRAM budget above the (default 1 GiB) guest.
+    let f = write("dram.toml", "[engine]\ndram = \"8GiB\"\n");
+    let err = fails_with_2(&run(dir.path(), &["run", "--config", &f]));
+    assert!(err.contains("engine.dram") && err.contains("8GiB") && err.contains("cannot exceed the guest"), "{err}");
+
+    // Misspelt key.
+    let f = write("typo.toml", "[engine]\nmemroy = \"1GiB\"\n");
+    let err = fails_with_2(&run(dir.path(), &["run", "--config", &f]));
+    assert!(err.contains("memroy"), "{err}");
+
+    // Missing file.
+    let missing = dir.path().join("does-not-exist.toml");
+    let err = fails_with_2(&run(dir.path(), &["run", "--config", missing.to_str().unwrap()]));
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+
+    // Bad size on the command line: a clap error.
+    let err = fails_with_2(&run(dir.path(), &["demo", "--memory", "12parsecs"]));
+    assert!(err.contains("12parsecs") && err.contains("--memory"), "{err}");
+
+    // Unknown workload kind, in the file and on the command line.
+    let f = write("kind.toml", "[workload]\nkind = \"random\"\n");
+    for args in [vec!["run", "--config", &f], vec!["demo", "--workload", "random"]] {
+        let err = fails_with_2(&run(dir.path(), &args));
+        assert!(err.contains("workload.kind") && err.contains("random"), "{err}");
+        for k in ["zipf", "scan", "uniform", "phases"] {
+            assert!(err.contains(k), "allowed kind {k} not listed: {err}");
+        }
+    }
+
+    // None of these may have started an engine.
+    assert!(!dir.path().join("vmtier-data").exists(), "a rejected configuration created ./vmtier-data");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One plain HTTP/1.0 GET; `None` if nothing answers yet or the answer is not a 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then_some(())?;
+    head.split_whitespace().nth(1).filter(|c| *c == "200")?;
+    Some(body.to_owned())
+}
+
+/// Kills the child on drop so a failed assertion never leaves it running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn metrics_endpoint_serves_engine_metrics() {
+    let dir = tempdir();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = vmtier(dir.path())
+        .args(["demo", "--memory", "16MiB", "--dram", "4MiB", "--accesses", "300000", "--metrics-addr", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmtier demo");
+    let mut child = KillOnDrop(child);
+
+    let start = Instant::now();
+    let mut last = String::new();
+    let body = loop {
+        if let Some(body) = http_get(port, "/metrics") {
+            // The exporter may answer before the engine has recorded anything; wait for both.
+            if body.contains("vmtier_resident_bytes") && body.contains("vmtier_faults_missing_total") {
+                break body;
+            }
+            last = body;
+        }
+        if let Ok(Some(st)) = child.0.try_wait() {
+            let mut err = String::new();
+            let _ = child.0.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!(
+                "vmtier exited ({st}) before /metrics showed the engine metrics; last body:\n{last}\nstderr:\n{err}"
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no usable /metrics on {addr} within 20 s; last body:\n{last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("vmtier_resident_bytes"), "{body}");
+    assert!(body.contains("vmtier_faults_missing_total"), "{body}");
+
+    // Drain stderr in the background so the child never blocks on a full pipe.
+    let mut stderr = child.0.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            panic!("vmtier demo did not exit within 90 s; killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = drain.join().unwrap();
+    assert!(status.success(), "vmtier demo exited {status}; stderr:\n{err}");
+}
+
+#[test]
+fn bench_fault_json() {
+    let dir = tempdir();
+    let bench_dir = dir.path().join("b");
+    let out = run(dir.path(), &["bench", "fault", "--pages", "500", "--dir", bench_dir.to_str().unwrap(), "--json"]);
+    let m = json_ok(&out);
+    let rows = m["rows"].as_array().expect("rows is an array");
+    // The five measurements the ratio is built from; a newer build may append more rows.
+    assert!(rows.len() >= 5, "expected at least 5 rows, got {}: {rows:?}", rows.len());
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().expect("row name")).collect();
+    for (i, want) in
+        ["raw copy 4K", "raw copy 64K", "device 4K", "vmtier zero-fill", "vmtier tier-2 hit"].iter().enumerate()
+    {
+        assert!(names[i].starts_with(want), "row {i} is {:?}, expected {want}…", names[i]);
+    }
+    for r in rows {
+        for k in ["p50_us", "p99_us", "per_page_us"] {
+            assert!(r[k].as_f64().is_some_and(|x| x.is_finite() && x >= 0.0), "row {r} has a bad {k}");
+        }
+    }
+    let ratio = m["tier2_hit_p50_vs_floor_plus_device"].as_f64().expect("ratio is a number");
+    assert!(ratio.is_finite() && ratio > 0.0, "tier2_hit_p50_vs_floor_plus_device = {ratio}");
+    assert_eq!(u64_key(&m, "pages"), 500);
+}
