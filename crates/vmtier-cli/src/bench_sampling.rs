@@ -15,13 +15,13 @@ use vmtier_workload::{Progress, WorkloadConfig, WorkloadKind};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Guest memory.
-    #[arg(long, default_value = "256MiB")]
+    #[arg(long, default_value = "128MiB")]
     memory: ByteSize,
     /// Accesses per run.
-    #[arg(long, default_value_t = 2_000_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     accesses: u64,
     /// Sampling rates to compare, resident pages per second (0 = off is always included).
-    #[arg(long, value_delimiter = ',', default_value = "2048,8192,32768")]
+    #[arg(long, value_delimiter = ',', default_value = "8192,32768")]
     rates: Vec<u64>,
     /// Directory for tier 2 and tier 3.
     #[arg(long, default_value = "vmtier-data/bench")]

@@ -243,7 +243,7 @@ fn bench_fault_json() {
     let m = json_ok(&out);
     let rows = m["rows"].as_array().expect("rows is an array");
     // The five measurements the ratio is built from; a newer build may append more rows.
-    assert!(rows.len() >= 5, "expected at least 5 rows, got {}: {rows:?}", rows.len());
+    assert_eq!(rows.len(), 6, "expected 6 rows: {rows:?}");
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().expect("row name")).collect();
     for (i, want) in
         ["raw copy 4K", "raw copy 64K", "device 4K", "vmtier zero-fill", "vmtier tier-2 hit"].iter().enumerate()
