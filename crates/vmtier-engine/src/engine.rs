@@ -265,7 +265,7 @@ pub struct Snapshot {
     pub write_faults: u64,
     /// Faults served by zero-fill.
     pub zero_fills: u64,
-    /// Faults served from tier 2 / tier 3.
+    /// Faults served from tier 2.
     pub tier2_hits: u64,
     /// Faults served from tier 3.
     pub tier3_hits: u64,
@@ -283,7 +283,7 @@ pub struct Snapshot {
     pub moves_2_to_3: u64,
     /// Stored pages moved tier 3 -> 2.
     pub moves_3_to_2: u64,
-    /// Bytes written to tier 2 / 3, and read from either.
+    /// Bytes written to tier 2.
     pub tier2_bytes_written: u64,
     /// Bytes written to tier 3.
     pub tier3_bytes_written: u64,
