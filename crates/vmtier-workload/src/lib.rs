@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod guest;
 pub mod pattern;

@@ -14,15 +14,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::content::{PAGE_SIZE, WORDS_PER_PAGE, expected_word, next_version};
+use crate::content::{WORD_STRIDE, page_base};
 use crate::error::WorkloadError;
-use crate::rng::mix64;
-
-/// Bytes per guest page.
-pub const PAGE_SIZE: usize = 4096;
-/// 64-bit words per guest page.
-pub const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
-
-const WORD_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// A mismatch found while verifying one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,23 +43,6 @@ impl From<Mismatch> for WorkloadError {
             expected_version: m.expected_version,
         }
     }
-}
-
-#[inline]
-fn page_base(page: usize, version: u32) -> u64 {
-    mix64(((page as u64) << 32) ^ u64::from(version))
-}
-
-/// The value of word `word` of page `page` at version `version`.
-#[inline]
-pub fn expected_word(page: usize, version: u32, word: usize) -> u64 {
-    if version == 0 { 0 } else { page_base(page, version) ^ (word as u64 + 1).wrapping_mul(WORD_STRIDE) }
-}
-
-/// The version after `version` (never 0, which means "never written").
-#[inline]
-pub fn next_version(version: u32) -> u32 {
-    version.wrapping_add(1).max(1)
 }
 
 #[inline]

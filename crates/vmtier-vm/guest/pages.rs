@@ -1,0 +1,246 @@
+//! Page workloads (`zipf`, `scan`, `phases`, `uniform`) and `touch`, with the same page content
+//! scheme as the in-process guest: page `p` at version `v` holds `expected_word(p, v, i)` in
+//! word `i`. The expected version of every page is kept in a separate array on the heap.
+
+use crate::abi::{self, BootInfo, PAGE, GuestReport, phase, status, workload};
+use crate::content::{WORDS_PER_PAGE, Xoshiro256, expected_word, next_version};
+use crate::heap::Heap;
+use crate::{Progress, gprintln, math, record_latency, rt};
+
+/// The data pages and their expected versions.
+struct Region {
+    versions: *mut u32,
+    data: *mut u64,
+    pages: u64,
+}
+
+impl Region {
+    /// Splits the heap into a version array and as many pages as fit.
+    fn new(heap: &mut Heap) -> Option<Self> {
+        let (versions, data, pages) = abi::page_region(heap.next(), heap.end());
+        heap.take::<u8>(data + pages * PAGE - heap.next(), 1)?;
+        (pages > 0).then_some(Self { versions: versions as *mut u32, data: data as *mut u64, pages })
+    }
+
+    fn version(&self, page: u64) -> u32 {
+        // SAFETY: page < self.pages, inside the version array taken from the heap.
+        unsafe { self.versions.add(page as usize).read_volatile() }
+    }
+
+    fn set_version(&self, page: u64, v: u32) {
+        // SAFETY: as in `version`.
+        unsafe { self.versions.add(page as usize).write_volatile(v) }
+    }
+
+    fn word(&self, page: u64, i: usize) -> *mut u64 {
+        // SAFETY: page < self.pages and i < WORDS_PER_PAGE: inside the data area.
+        unsafe { self.data.add(page as usize * WORDS_PER_PAGE + i) }
+    }
+
+    /// Verifies page `page`; returns the TSC ticks its first word took (the fault, if any).
+    fn verify(&self, page: u64, rep: &mut GuestReport) -> Result<u64, ()> {
+        let v = self.version(page);
+        let t0 = rt::rdtsc();
+        // SAFETY: `word` returns an in-bounds, aligned pointer.
+        let first = unsafe { self.word(page, 0).read_volatile() };
+        let ticks = rt::rdtsc().wrapping_sub(t0);
+        for i in 0..WORDS_PER_PAGE {
+            // SAFETY: as above.
+            let got = if i == 0 { first } else { unsafe { self.word(page, i).read_volatile() } };
+            let want = expected_word(page as usize, v, i);
+            if got != want {
+                rep.mismatch = [page, i as u64, want, got];
+                gprintln!("mismatch: page {page} word {i} version {v}: expected {want:#x}, found {got:#x}");
+                return Err(());
+            }
+        }
+        rep.reads_verified += 1;
+        Ok(ticks)
+    }
+
+    /// Writes the next version of `page`.
+    fn write(&self, page: u64, rep: &mut GuestReport) {
+        let v = next_version(self.version(page));
+        for i in 0..WORDS_PER_PAGE {
+            // SAFETY: `word` returns an in-bounds, aligned pointer.
+            unsafe { self.word(page, i).write_volatile(expected_word(page as usize, v, i)) };
+        }
+        self.set_version(page, v);
+        rep.writes += 1;
+    }
+}
+
+/// Zipf(n, s) ranks in `0..n` by Gray et al.'s method ("Quickly generating billion-record
+/// synthetic databases", SIGMOD 1994): O(1) per sample after an O(min(n, 10⁴)) setup.
+struct Zipf {
+    n: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+    half_pow: f64,
+}
+
+impl Zipf {
+    fn new(n: u64, s: f64) -> Self {
+        // The method divides by 1 - s; nudge s = 1 to a neighbour.
+        let theta = if (s - 1.0).abs() < 1e-3 { 0.999 } else { s };
+        let zetan = zeta(n, theta);
+        let zeta2 = zeta(2.min(n), theta);
+        let nf = n as f64;
+        let eta = (1.0 - math::powf(2.0 / nf, 1.0 - theta)) / (1.0 - zeta2 / zetan);
+        Self { n: nf, alpha: 1.0 / (1.0 - theta), zetan, eta, half_pow: math::powf(0.5, theta) }
+    }
+
+    fn sample(&self, rng: &mut Xoshiro256) -> u64 {
+        let u = rng.next_f64();
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + self.half_pow {
+            return 1;
+        }
+        let r = self.n * math::powf(self.eta * u - self.eta + 1.0, self.alpha);
+        (r as u64).min(self.n as u64 - 1)
+    }
+}
+
+/// `Σ_{i=1..n} i^-θ`: exact up to 10⁴ terms, then the midpoint integral of the tail.
+fn zeta(n: u64, theta: f64) -> f64 {
+    let exact = n.min(10_000);
+    let mut sum = 0.0;
+    for i in 1..=exact {
+        sum += math::powf(i as f64, -theta);
+    }
+    if n > exact {
+        let f = |x: f64| math::powf(x, 1.0 - theta) / (1.0 - theta);
+        sum += f(n as f64 + 0.5) - f(exact as f64 + 0.5);
+    }
+    sum
+}
+
+/// A fixed bijection of `0..n` that scatters ranks over the region (hot pages are not
+/// neighbours, as in a real heap).
+fn scatter(rank: u64, n: u64) -> u64 {
+    // Multiplying by an odd constant coprime with n is a bijection mod n; pick one.
+    let mut a = 0x9E37_79B9_7F4A_7C15 % n | 1;
+    while gcd(a, n) != 1 {
+        a += 2;
+    }
+    ((u128::from(rank) * u128::from(a)) % u128::from(n)) as u64
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Runs a page workload: populate every page, `boot.ops` accesses, re-check every page.
+pub fn run(boot: &BootInfo, heap: &mut Heap, rep: &mut GuestReport) -> u64 {
+    let Some(region) = Region::new(heap) else {
+        gprintln!("heap too small for a page workload");
+        return status::BAD_BOOT_INFO;
+    };
+    let n = region.pages;
+    rep.pages = n;
+    let mut rng = Xoshiro256::new(boot.seed);
+    let write_p = f64::from(boot.write_ppm) / 1e6;
+
+    // Populate: version 1 everywhere (each first touch is a zero-fill fault).
+    let t0 = rt::rdtsc();
+    let mut prog = Progress::new(boot, n, phase::POPULATE);
+    for p in 0..n {
+        region.write(p, rep);
+        prog.tick(p + 1);
+    }
+    prog.finish();
+    rep.pages_touched = n;
+    let t1 = rt::rdtsc();
+    rep.stage_ticks[0] = t1 - t0;
+
+    // Access.
+    let ops = boot.ops;
+    let mut prog = Progress::new(boot, ops, phase::ACCESS);
+    let zipf = (boot.workload == workload::ZIPF).then(|| Zipf::new(n, f64::from(boot.zipf_s_milli) / 1000.0));
+    let rounds = u64::from(boot.rounds.max(1));
+    let hot = (n / 8).max(1);
+    for i in 0..ops {
+        let page = match boot.workload {
+            workload::ZIPF => scatter(zipf.as_ref().map_or(0, |z| z.sample(&mut rng)), n),
+            workload::SCAN => i % n,
+            workload::PHASES => {
+                // Each phase has its own hot eighth of memory; 90% of accesses go there.
+                let ph = i * rounds / ops.max(1);
+                if rng.chance(0.9) { (ph * hot * 3 + rng.below(hot)) % n } else { rng.below(n) }
+            }
+            _ => rng.below(n),
+        };
+        let Ok(ticks) = region.verify(page, rep) else {
+            rep.ops = i;
+            return status::MISMATCH;
+        };
+        record_latency(rep, ticks);
+        if rng.chance(write_p) {
+            region.write(page, rep);
+        }
+        prog.tick(i + 1);
+    }
+    prog.finish();
+    rep.ops = ops;
+    let t2 = rt::rdtsc();
+    rep.stage_ticks[1] = t2 - t1;
+
+    // Final check.
+    if boot.skip_final_check == 0 {
+        let mut prog = Progress::new(boot, n, phase::CHECK);
+        for p in 0..n {
+            if region.verify(p, rep).is_err() {
+                return status::MISMATCH;
+            }
+            prog.tick(p + 1);
+        }
+        prog.finish();
+        rep.final_checked_pages = n;
+    }
+    rep.stage_ticks[2] = rt::rdtsc() - t2;
+    status::OK
+}
+
+/// The `touch` test workload: write each listed heap page (round 1), report progress, then read
+/// every listed page and rewrite every third one (round 2), report progress, exit. The VMM
+/// compares its dirty log with the pages written in each round.
+pub fn touch(boot: &BootInfo, heap: &mut Heap, rep: &mut GuestReport) -> u64 {
+    let Some(region) = Region::new(heap) else {
+        return status::BAD_BOOT_INFO;
+    };
+    let list = boot.touch_pages as *const u64;
+    let count = boot.touch_count;
+    let page_at = |i: u64| {
+        // SAFETY: the VMM wrote `touch_count` u64 page numbers at `touch_pages`.
+        unsafe { list.add(i as usize).read_volatile() }
+    };
+    for i in 0..count {
+        let p = page_at(i);
+        if p >= region.pages {
+            gprintln!("touch page {p} outside the region of {} pages", region.pages);
+            return status::BAD_BOOT_INFO;
+        }
+        region.write(p, rep);
+    }
+    rt::hypercall(crate::abi::call::PROGRESS, count, count, phase::POPULATE);
+    for i in 0..count {
+        let p = page_at(i);
+        if region.verify(p, rep).is_err() {
+            return status::MISMATCH;
+        }
+        if i % 3 == 0 {
+            region.write(p, rep);
+        }
+    }
+    rt::hypercall(crate::abi::call::PROGRESS, count, count, phase::ACCESS);
+    rep.pages = region.pages;
+    rep.pages_touched = count;
+    status::OK
+}
