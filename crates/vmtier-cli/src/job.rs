@@ -1,4 +1,5 @@
-//! The main job: start the engine, run the in-process guest on it with a progress bar, report.
+//! The main job: start the engine, run a guest on it (the KVM micro-VM, or host threads in this
+//! process) with a progress bar, report.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,7 +10,48 @@ use serde_json::{Value, json};
 use vmtier_engine::{Engine, Snapshot};
 use vmtier_workload::{Progress, WorkloadReport};
 
-use crate::run_config::RunConfig;
+use vmtier_vm::{GuestLatency, GuestRam, MicroVm, VmOptions};
+
+use crate::run_config::{GuestChoice, RunConfig, check_vm_memory};
+
+/// What a guest run produced, whichever guest ran it.
+struct GuestResult {
+    /// `micro-vm` or `in-process`.
+    guest: &'static str,
+    report: Option<WorkloadReport>,
+    failure: Option<String>,
+    /// Fault latency as the micro-VM guest measured it (rdtsc around its first touch of a page).
+    guest_latency: Option<GuestLatency>,
+}
+
+/// Decides which guest runs: the micro-VM where KVM is usable (or demanded), else in-process.
+fn choose_guest(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
+    match cfg.workload.guest {
+        GuestChoice::InProcess => Ok(false),
+        GuestChoice::Vm => {
+            vmtier_vm::kvm_usable().context("the micro-VM guest was requested")?;
+            Ok(true)
+        }
+        GuestChoice::Auto => match vmtier_vm::kvm_usable() {
+            Ok(()) if check_vm_memory(cfg.engine.memory.0).is_ok() => Ok(true),
+            Ok(()) => {
+                if !json_out {
+                    eprintln!("vmtier: guest memory is not a multiple of 2 MiB; using the in-process guest");
+                }
+                Ok(false)
+            }
+            Err(e) if cfg.workload.vm_only() => {
+                Err(anyhow::anyhow!("workload {} needs the micro-VM: {e}", cfg.workload.kind))
+            }
+            Err(e) => {
+                if !json_out {
+                    eprintln!("vmtier: {e}; using the in-process guest instead");
+                }
+                Ok(false)
+            }
+        },
+    }
+}
 
 /// Runs the configured guest to completion and prints the summary (or JSON). Returns whether
 /// every read of the guest matched what it wrote.
@@ -21,14 +63,35 @@ pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(%addr, "serving Prometheus metrics");
     }
-    let wl = cfg.workload.to_config()?;
+    let use_vm = choose_guest(cfg, json_out)?;
+    let wl = if use_vm { None } else { Some(cfg.workload.to_config()?) };
+    let spec = if use_vm { Some(cfg.workload.to_guest_spec()?) } else { None };
     let engine = Engine::start(cfg.engine.clone()).context("starting the engine")?;
     let progress = Progress::new();
     let started = Instant::now();
-    let (report, snap) = std::thread::scope(|s| {
-        let guest = s.spawn(|| vmtier_workload::run(engine.guest_words(), &wl, &progress));
+    let (result, snap) = std::thread::scope(|s| {
+        let guest = s.spawn(|| -> anyhow::Result<GuestResult> {
+            if let Some(spec) = &spec {
+                let ram = GuestRam::new(engine.guest_words());
+                let mut vm = MicroVm::new(ram, VmOptions::default()).context("creating the micro-VM")?;
+                let out = vmtier_vm::run_guest(&mut vm, spec, &progress).context("running the micro-VM")?;
+                Ok(GuestResult {
+                    guest: "micro-vm",
+                    report: out.to_workload_report(spec.workload),
+                    failure: out.failure(),
+                    guest_latency: Some(out.fault_latency()),
+                })
+            } else {
+                let wl = wl.as_ref().expect("in-process config");
+                let (report, failure) = match vmtier_workload::run(engine.guest_words(), wl, &progress) {
+                    Ok(r) => (Some(r), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                Ok(GuestResult { guest: "in-process", report, failure, guest_latency: None })
+            }
+        });
         let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("{spinner} {msg:10} [{bar:40}] {pos}/{len} accesses, {per_sec}, eta {eta}")
+            ProgressStyle::with_template("{spinner} {msg:10} [{bar:40}] {pos}/{len} operations, {per_sec}, eta {eta}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
@@ -42,40 +105,28 @@ pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
             std::thread::sleep(Duration::from_millis(100));
         }
         bar.finish_and_clear();
-        let report = guest.join().map_err(|_| anyhow::anyhow!("the guest thread panicked"))?;
-        anyhow::Ok((report, engine.snapshot()))
+        let result = guest.join().map_err(|_| anyhow::anyhow!("the guest thread panicked"))??;
+        anyhow::Ok((result, engine.snapshot()))
     })?;
     let elapsed = started.elapsed().as_secs_f64();
     drop(engine);
-    let (report, verified, failure) = match report {
-        Ok(r) => {
-            let v = r.verified;
-            (Some(r), v, None)
-        }
-        Err(e) => (None, false, Some(e.to_string())),
-    };
+    let verified = result.failure.is_none() && result.report.as_ref().is_some_and(|r| r.verified);
     if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&snap, report.as_ref(), verified, failure.as_deref(), cfg, elapsed))?
-        );
+        println!("{}", serde_json::to_string_pretty(&to_json(&snap, &result, verified, cfg, elapsed))?);
     } else {
-        print_summary(&snap, report.as_ref(), verified, failure.as_deref(), cfg, elapsed);
+        print_summary(&snap, &result, verified, cfg, elapsed);
     }
     Ok(verified)
 }
 
-fn to_json(
-    snap: &Snapshot,
-    report: Option<&WorkloadReport>,
-    verified: bool,
-    failure: Option<&str>,
-    cfg: &RunConfig,
-    elapsed: f64,
-) -> Value {
+fn to_json(snap: &Snapshot, result: &GuestResult, verified: bool, cfg: &RunConfig, elapsed: f64) -> Value {
+    let (report, failure) = (result.report.as_ref(), result.failure.as_deref());
     let mut v = serde_json::to_value(snap).expect("snapshot serializes");
     let m = v.as_object_mut().expect("snapshot is an object");
-    m.insert("guest".into(), json!("in-process"));
+    m.insert("guest".into(), json!(result.guest));
+    if let Some(l) = &result.guest_latency {
+        m.insert("guest_fault_latency_us".into(), json!({"count": l.count, "p50": l.p50_us, "p99": l.p99_us}));
+    }
     m.insert("workload".into(), json!(cfg.workload.kind));
     m.insert("verified".into(), json!(verified));
     m.insert("elapsed_s".into(), json!(elapsed));
@@ -93,21 +144,16 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
-fn print_summary(
-    s: &Snapshot,
-    report: Option<&WorkloadReport>,
-    verified: bool,
-    failure: Option<&str>,
-    cfg: &RunConfig,
-    elapsed: f64,
-) {
+fn print_summary(s: &Snapshot, result: &GuestResult, verified: bool, cfg: &RunConfig, elapsed: f64) {
+    let (report, failure) = (result.report.as_ref(), result.failure.as_deref());
     let t = |k: &str| s.pages_in_tier.get(k).copied().unwrap_or(0);
     println!(
-        "vmtier: {} guest, {} DRAM budget, policy {}, workload {} (in-process guest)",
+        "vmtier: {} guest, {} DRAM budget, policy {}, workload {} ({} guest)",
         mib(s.guest_bytes),
         mib(s.dram_budget_bytes),
         s.policy,
-        cfg.workload.kind
+        cfg.workload.kind,
+        result.guest
     );
     println!(
         "  tier 1 DRAM     {:>9} pages  ({} resident, peak {})",
@@ -130,6 +176,9 @@ fn print_summary(
         "  fault latency p50 {:.1} us, p99 {:.1} us (n={})",
         s.fault_latency_us.p50, s.fault_latency_us.p99, s.fault_latency_us.count
     );
+    if let Some(l) = &result.guest_latency {
+        println!("  guest-measured fault latency p50 {:.1} us, p99 {:.1} us (n={})", l.p50_us, l.p99_us, l.count);
+    }
     if let Some(r) = report {
         println!(
             "  throughput {:.0} accesses/s over {:.1} s (populate {:.1} s), total {:.1} s",

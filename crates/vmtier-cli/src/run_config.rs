@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use vmtier_engine::EngineConfig;
+use vmtier_engine::{ByteSize, EngineConfig};
+use vmtier_vm::{GuestSpec, GuestWorkload};
 use vmtier_workload::{WorkloadConfig, WorkloadKind};
 
 /// The whole file.
@@ -59,7 +60,9 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkloadSection {
-    /// `zipf`, `scan`, `uniform` or `phases`.
+    /// Which guest runs the workload.
+    pub guest: GuestChoice,
+    /// `zipf`, `scan`, `uniform` or `phases`; with the micro-VM guest also `kv` and `bfs`.
     pub kind: String,
     /// Zipf skew.
     pub skew: f64,
@@ -85,6 +88,7 @@ impl Default for WorkloadSection {
     fn default() -> Self {
         let d = WorkloadConfig::default();
         Self {
+            guest: GuestChoice::Auto,
             kind: "zipf".into(),
             skew: vmtier_workload::config::DEFAULT_SKEW,
             passes: vmtier_workload::config::DEFAULT_PASSES,
@@ -99,15 +103,56 @@ impl Default for WorkloadSection {
     }
 }
 
+/// Which guest runs the workload (`[workload] guest`, `--guest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestChoice {
+    /// The micro-VM where `/dev/kvm` is usable, else the in-process guest.
+    Auto,
+    /// The KVM micro-VM (an error if KVM is not usable).
+    Vm,
+    /// Host threads in this process.
+    InProcess,
+}
+
 impl WorkloadSection {
+    /// Whether the workload exists only in the micro-VM's guest program.
+    pub fn vm_only(&self) -> bool {
+        matches!(self.kind.as_str(), "kv" | "bfs")
+    }
+
+    /// The micro-VM guest's specification of this workload.
+    pub fn to_guest_spec(&self) -> anyhow::Result<GuestSpec> {
+        let workload: GuestWorkload =
+            self.kind.parse().map_err(|e: String| anyhow::anyhow!("invalid `workload.kind`: {e}"))?;
+        Ok(GuestSpec {
+            workload,
+            ops: if workload == GuestWorkload::Scan { 0 } else { self.accesses },
+            seed: self.seed,
+            write_fraction: self.write_fraction,
+            zipf_s: self.skew,
+            rounds: if workload == GuestWorkload::Phases { self.phases } else { self.passes },
+            skip_final_check: false,
+        })
+    }
+
     /// The workload crate's configuration.
     pub fn to_config(&self) -> anyhow::Result<WorkloadConfig> {
+        if self.vm_only() {
+            bail!(
+                "invalid `workload.kind` = \"{}\" for the in-process guest: kv and bfs run only in the \
+                 micro-VM (`guest = \"vm\"`, or `--guest vm`)",
+                self.kind
+            );
+        }
         let kind = match self.kind.as_str() {
             "zipf" => WorkloadKind::Zipf { skew: self.skew },
             "scan" => WorkloadKind::Scan { passes: self.passes },
             "uniform" => WorkloadKind::Uniform,
             "phases" => WorkloadKind::Phases { hot_fraction: self.hot_fraction, phases: self.phases },
-            other => bail!("invalid `workload.kind` = \"{other}\": expected one of zipf, scan, uniform, phases"),
+            other => {
+                bail!("invalid `workload.kind` = \"{other}\": expected one of zipf, scan, uniform, phases, kv, bfs")
+            }
         };
         Ok(WorkloadConfig {
             kind,
@@ -159,7 +204,21 @@ impl RunConfig {
             self.engine.tier3.url = self.data_dir.join("tier3").to_string_lossy().into_owned();
         }
         self.engine.validate("engine.")?;
-        self.workload.to_config()?;
+        match self.workload.guest {
+            GuestChoice::InProcess => {
+                self.workload.to_config()?;
+            }
+            GuestChoice::Vm => {
+                self.workload.to_guest_spec()?;
+                check_vm_memory(self.engine.memory.0)?;
+            }
+            GuestChoice::Auto => {
+                self.workload.to_guest_spec()?;
+                if !self.workload.vm_only() {
+                    self.workload.to_config()?;
+                }
+            }
+        }
         if self.workload.threads == 0 || self.workload.threads > 256 {
             bail!("invalid `workload.threads` = {}: 1 to 256", self.workload.threads);
         }
@@ -168,6 +227,20 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// The micro-VM's constraint on guest memory, as a config error.
+pub fn check_vm_memory(bytes: u64) -> anyhow::Result<()> {
+    use vmtier_vm::abi::{MAX_RAM, MIN_RAM};
+    if !(MIN_RAM..=MAX_RAM).contains(&bytes) || !bytes.is_multiple_of(2 << 20) {
+        bail!(
+            "invalid `engine.memory` = {} for the micro-VM guest: a multiple of 2 MiB from {} MiB to {} GiB",
+            ByteSize(bytes),
+            MIN_RAM >> 20,
+            MAX_RAM >> 30
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,12 +13,14 @@ pub mod abi;
 pub mod elf;
 pub mod error;
 pub mod memory;
+pub mod runner;
 pub mod state;
 pub mod vm;
 
 pub use elf::GuestImage;
 pub use error::VmError;
 pub use memory::GuestRam;
+pub use runner::{GuestLatency, GuestOutcome, GuestSpec, GuestWorkload, run_guest};
 pub use state::VcpuState;
 pub use vm::{GuestEvent, MicroVm, Pauser, RunExit, VmOptions, tsc_per_ms};
 

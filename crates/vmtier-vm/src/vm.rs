@@ -83,6 +83,12 @@ impl Pauser {
         }
     }
 
+    /// Asks the vCPU to stop without waiting: [`MicroVm::run`] returns [`RunExit::Paused`] before
+    /// it next enters the guest. Safe to call from the `run` callback itself.
+    pub fn request(&self) {
+        self.inner.requested.store(true, Ordering::SeqCst);
+    }
+
     /// Clears a pause request so the next [`MicroVm::run`] continues.
     pub fn clear(&self) {
         self.inner.requested.store(false, Ordering::SeqCst);

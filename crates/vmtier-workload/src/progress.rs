@@ -86,7 +86,9 @@ impl Progress {
         self.stop.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_phase(&self, phase: Phase) {
+    /// Sets the current stage (runners other than this crate's guest, such as the micro-VM, report
+    /// theirs here).
+    pub fn set_phase(&self, phase: Phase) {
         let v = match phase {
             Phase::Idle => 0,
             Phase::Populate => 1,
