@@ -2,6 +2,7 @@
 
 mod bench_fault;
 mod bench_sampling;
+mod bench_vm;
 mod job;
 mod run_config;
 
@@ -70,6 +71,8 @@ enum Bench {
     Fault(bench_fault::Args),
     /// What access sampling costs the guest: throughput with sampling off and on.
     Sampling(bench_sampling::Args),
+    /// Page-fault latency as the guest measures it: host thread vs micro-VM (vs page server).
+    VmFault(bench_vm::Args),
 }
 
 /// Options shared by `demo` and `run`; they override the file's values.
@@ -181,6 +184,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { bench: Bench::Sampling(args) } => {
             bench_sampling::run(&args)?;
+            true
+        }
+        Command::Bench { bench: Bench::VmFault(args) } => {
+            bench_vm::run(&args)?;
             true
         }
     };

@@ -55,6 +55,10 @@ const BATCH_PAGES: usize = 256;
 /// Victims evicted together when a fault finds DRAM full.
 const RECLAIM_BATCH: usize = 32;
 
+/// Resident pages the reclaim clock passes over for having been seen in the current tick before
+/// it takes any resident page.
+const CLOCK_SECOND_CHANCES: usize = 64;
+
 fn page_err(op: &'static str, page: usize) -> impl FnOnce(vmtier_uffd::Error) -> EngineError {
     move |source| EngineError::PageOp { op, page: page as u64, source }
 }
@@ -374,10 +378,22 @@ impl Pager {
         let n = self.table.len();
         let now = self.tracker.tick() as u16;
         for pass in 0..2 {
+            // Pass 0 prefers pages not seen in this tick, but gives up after skipping
+            // CLOCK_SECOND_CHANCES of them: when every resident page was seen (the tick has not
+            // moved, e.g. with the MTM off) a full sweep of the table would cost far more than
+            // the eviction it looks for.
+            let mut skipped = 0;
             for _ in 0..n {
                 let page = self.clock.fetch_add(1, Ordering::Relaxed) % n;
                 let v = self.table.get(page).view();
-                if !v.resident() || (pass == 0 && v.seen == now) {
+                if !v.resident() {
+                    continue;
+                }
+                if pass == 0 && v.seen == now {
+                    skipped += 1;
+                    if skipped >= CLOCK_SECOND_CHANCES {
+                        break;
+                    }
                     continue;
                 }
                 if self.try_evict(page, buf) {
