@@ -14,12 +14,13 @@ mod abi;
 #[allow(dead_code)]
 mod content;
 
-
+mod bfs;
 mod heap;
-
+mod kv;
 mod math;
 mod pages;
 mod rt;
+mod zipf;
 
 use abi::{BootInfo, GuestReport, status, workload};
 
@@ -43,8 +44,8 @@ fn main(boot: &BootInfo) -> u64 {
                 pages::run(boot, &mut heap, rep)
             }
             workload::TOUCH => pages::touch(boot, &mut heap, rep),
-
-
+            workload::KV => kv::run(boot, &mut heap, rep),
+            workload::BFS => bfs::run(boot, &mut heap, rep),
             other => {
                 gprintln!("unknown workload {other}");
                 status::BAD_BOOT_INFO
