@@ -13,12 +13,16 @@
 //!   process (the extended handshake: the server runs the engine over the VMM's memfd).
 
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use vmtier_engine::{ByteSize, Engine, EngineConfig};
+use vmtier_uffd::{Memfd, SharedMapping};
+use vmtier_vm::page_server::{PageServerClient, WatchOptions};
 use vmtier_vm::{GuestLatency, GuestRam, GuestSpec, GuestWorkload, MicroVm, VmOptions};
 use vmtier_workload::{Progress, WORDS_PER_PAGE};
 
@@ -97,18 +101,93 @@ fn host_thread(args: &Args) -> anyhow::Result<GuestLatency> {
 fn micro_vm(args: &Args) -> anyhow::Result<GuestLatency> {
     let engine = Engine::start(engine_config(args))?;
     let mut vm = MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions::default())?;
-    let spec = GuestSpec {
+    let out = vmtier_vm::run_guest(&mut vm, &uniform_reads(args), &Progress::new())?;
+    if let Some(f) = out.failure() {
+        anyhow::bail!("micro-VM guest: {f}");
+    }
+    Ok(out.fault_latency())
+}
+
+/// The micro-VM with its memory served by `vmtier serve` in a child process (tiers mode: the
+/// server runs the engine over this process's memfd).
+fn micro_vm_page_server(args: &Args) -> anyhow::Result<GuestLatency> {
+    let cfg = engine_config(args);
+    let dir = args.dir.join("page-server");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = dir.join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[engine]\ndram = \"{}\"\n[engine.mtm]\nenabled = false\nheadroom_pages = 0\n\
+             [engine.tracker]\nsample_pages_per_sec = 0\n",
+            dir.to_string_lossy(),
+            cfg.dram
+        ),
+    )?;
+    let socket = dir.join("pager.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut child = ServerChild(
+        Command::new(std::env::current_exe()?)
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting `vmtier serve`")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if let Some(status) = child.0.try_wait()? {
+            anyhow::bail!("`vmtier serve` exited before listening: {status}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "`vmtier serve` did not listen on {} within 10 s", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let memfd = Memfd::create("vmtier-bench-guest", cfg.memory.0)?;
+    let map = SharedMapping::new(&memfd)?;
+    let mut client = PageServerClient::connect_tiers(&socket, &memfd, &map)?;
+    let mut vm = MicroVm::new(GuestRam::new(map.as_words()), VmOptions::default())?;
+    client.watch(Some(vm.pauser()), WatchOptions::default())?;
+    let out = vmtier_vm::run_guest(&mut vm, &uniform_reads(args), &Progress::new())?;
+    drop(vm);
+    drop(client);
+    child.stop();
+    if let Some(f) = out.failure() {
+        anyhow::bail!("micro-VM guest served by the page server: {f}");
+    }
+    Ok(out.fault_latency())
+}
+
+/// Stops the server child when dropped, whatever happened.
+struct ServerChild(Child);
+
+impl ServerChild {
+    fn stop(&mut self) {
+        // SAFETY: kill(2) with the child's pid; no memory is passed.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+/// The guest's side of the experiment: uniformly random page reads, no final check.
+fn uniform_reads(args: &Args) -> GuestSpec {
+    GuestSpec {
         workload: GuestWorkload::Uniform,
         ops: args.accesses,
         write_fraction: 0.0,
         skip_final_check: true,
         ..GuestSpec::default()
-    };
-    let out = vmtier_vm::run_guest(&mut vm, &spec, &Progress::new())?;
-    if let Some(f) = out.failure() {
-        anyhow::bail!("micro-VM guest: {f}");
     }
-    Ok(out.fault_latency())
 }
 
 /// One way of running the experiment.
@@ -117,7 +196,8 @@ type Mode = fn(&Args) -> anyhow::Result<GuestLatency>;
 /// Runs the comparison and prints it.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     vmtier_vm::kvm_usable()?;
-    let modes: [(&'static str, Mode); 2] = [("host-thread", host_thread), ("micro-vm", micro_vm)];
+    let modes: [(&'static str, Mode); 3] =
+        [("host-thread", host_thread), ("micro-vm", micro_vm), ("micro-vm-page-server", micro_vm_page_server)];
     let mut rows = Vec::new();
     for round in 1..=args.rounds {
         let mut base = None;

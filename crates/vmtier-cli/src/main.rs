@@ -5,6 +5,7 @@ mod bench_sampling;
 mod bench_vm;
 mod job;
 mod run_config;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
         #[command(subcommand)]
         vm: VmCommand,
     },
+    /// Serve guest memory to VMMs over a Unix socket (Firecracker's userfaultfd handshake).
+    Serve(serve::Args),
     /// Benchmarks that compare against baselines measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -177,6 +180,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("`vmtier vm run` always uses the micro-VM guest; drop --guest");
             }
             job::run(&cfg, opts.json)?
+        }
+        Command::Serve(args) => {
+            serve::run(&args)?;
+            true
         }
         Command::Bench { bench: Bench::Fault(args) } => {
             bench_fault::run(&args)?;

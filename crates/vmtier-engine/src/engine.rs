@@ -30,6 +30,32 @@ pub const FEATURES: u64 = feature::MISSING_SHMEM
     | feature::PAGEFAULT_FLAG_WP
     | feature::POISON;
 
+/// userfaultfd registration modes the engine needs on guest memory.
+pub const REGISTER_MODE: u64 = mode::MISSING | mode::WP | mode::MINOR;
+
+/// Creates a userfaultfd with [`FEATURES`] and registers `map` in [`REGISTER_MODE`]: what a
+/// process that owns guest memory (a VMM) does before it hands the memfd and this userfaultfd
+/// to an engine in another process ([`Engine::start_external`]).
+pub fn register_guest_memory(map: &SharedMapping) -> Result<Uffd, EngineError> {
+    let uffd = Uffd::new(FEATURES).map_err(EngineError::Memory)?;
+    uffd.register(map, REGISTER_MODE).map_err(EngineError::Memory)?;
+    Ok(uffd)
+}
+
+/// Guest memory that another process owns and has handed over (for example over a page
+/// server's socket): its memfd and a userfaultfd on which it registered its mapping of that
+/// memfd, created with [`FEATURES`] in [`REGISTER_MODE`] (see [`register_guest_memory`]).
+#[derive(Debug)]
+pub struct ExternalMemory {
+    /// The guest memory file; it must be empty (all holes) when the engine starts.
+    pub memfd: Memfd,
+    /// The userfaultfd the owner registered its mapping with.
+    pub uffd: Uffd,
+    /// Address of the owner's mapping of `memfd` (guest page 0) in the owner's address space,
+    /// which is where the userfaultfd reports faults and where the resolving ioctls act.
+    pub uffd_base: usize,
+}
+
 /// A running tiered guest memory.
 #[derive(Debug)]
 pub struct Engine {
@@ -52,11 +78,68 @@ impl Engine {
     /// fault handlers and (if enabled) the MTM.
     pub fn start(cfg: EngineConfig) -> Result<Self, EngineError> {
         cfg.validate("")?;
-        let pages = cfg.pages();
         let memfd = Memfd::create("vmtier-guest", cfg.memory.0).map_err(EngineError::Memory)?;
         let map = SharedMapping::new(&memfd).map_err(EngineError::Memory)?;
-        let uffd = Uffd::new(FEATURES).map_err(EngineError::Memory)?;
-        uffd.register(&map, mode::MISSING | mode::WP | mode::MINOR).map_err(EngineError::Memory)?;
+        let uffd = register_guest_memory(&map)?;
+        let base = map.base();
+        Self::start_with(cfg, memfd, Some(map), uffd, base)
+    }
+
+    /// Like [`start`](Self::start), over guest memory another process owns: the engine serves
+    /// the faults that process's accesses raise, with `cfg.memory` set to the memfd's size.
+    ///
+    /// What differs from in-process memory:
+    /// - no access sampling: sampling unmaps resident pages so that their next access raises a
+    ///   MINOR fault, and this process cannot unmap pages from the owner's page tables. The
+    ///   policy sees faults and first writes only (`tracker.sample_pages_per_sec` is ignored).
+    /// - [`guest_words`](Self::guest_words) is empty: this process has no mapping of the guest.
+    ///
+    /// Page contents are still read with `pread` and dropped with `fallocate(PUNCH_HOLE)` on the
+    /// memfd, which act on the owner's mapping as well.
+    pub fn start_external(mut cfg: EngineConfig, mem: ExternalMemory) -> Result<Self, EngineError> {
+        let ExternalMemory { memfd, uffd, uffd_base } = mem;
+        let bad = |why: String| EngineError::External { why };
+        cfg.memory = crate::ByteSize(memfd.size());
+        cfg.validate("")?;
+        if uffd_base == 0 || !uffd_base.is_multiple_of(PAGE_SIZE) {
+            return Err(bad(format!("the guest mapping address {uffd_base:#x} is not a page-aligned address")));
+        }
+        let missing = FEATURES & !uffd.features();
+        if missing != 0 {
+            return Err(bad(format!(
+                "the userfaultfd lacks features {missing:#x}; create it with vmtier_engine::FEATURES \
+                 ({FEATURES:#x}), e.g. with register_guest_memory"
+            )));
+        }
+        let resident = memfd.resident_bytes().map_err(EngineError::Memory)?;
+        if resident != 0 {
+            return Err(bad(format!(
+                "the guest memfd already holds {resident} bytes of pages; the engine needs a fresh \
+                 (all-holes) memfd, so start the engine before writing to guest memory"
+            )));
+        }
+        // Lifting write protection from nothing is a no-op on a WP-registered range and fails
+        // with ENOENT otherwise: a cheap check that the owner registered the mapping for WP.
+        if let Err(e) = uffd.write_protect(uffd_base, memfd.size() as usize, false, false) {
+            return Err(bad(format!(
+                "the userfaultfd is not registered for write-protect over {:#x}+{:#x} ({}); \
+                 register the whole mapping with vmtier_engine::REGISTER_MODE",
+                uffd_base,
+                memfd.size(),
+                crate::error::chain(&e)
+            )));
+        }
+        Self::start_with(cfg, memfd, None, uffd, uffd_base)
+    }
+
+    fn start_with(
+        cfg: EngineConfig,
+        memfd: Memfd,
+        map: Option<SharedMapping>,
+        uffd: Uffd,
+        uffd_base: usize,
+    ) -> Result<Self, EngineError> {
+        let pages = cfg.pages();
         let mut ssd_cfg = SsdConfig::new(cfg.tier2.dir.clone());
         ssd_cfg.slots_per_file = cfg.tier2.slots_per_file;
         ssd_cfg.direct_io = cfg.tier2.direct_io;
@@ -80,6 +163,7 @@ impl Engine {
             memfd,
             map,
             uffd,
+            uffd_base,
             DramBudget::new(cfg.dram_pages()),
             ssd,
             object,
@@ -111,8 +195,15 @@ impl Engine {
     }
 
     /// The guest memory as 64-bit words, for an in-process guest. Accesses fault pages in.
+    /// Empty for external memory ([`start_external`](Self::start_external)): the guest's
+    /// mapping lives in another process.
     pub fn guest_words(&self) -> &[AtomicU64] {
-        self.pager.map.as_words()
+        self.pager.map.as_ref().map_or(&[], SharedMapping::as_words)
+    }
+
+    /// Whether the guest memory belongs to another process ([`start_external`](Self::start_external)).
+    pub fn is_external(&self) -> bool {
+        self.pager.map.is_none()
     }
 
     /// The configuration in force.

@@ -12,6 +12,12 @@ pub enum EngineError {
     /// Setting up guest memory or the userfaultfd failed.
     #[error("setting up guest memory")]
     Memory(#[source] vmtier_uffd::Error),
+    /// Guest memory handed over by another process cannot be used.
+    #[error("external guest memory: {why}")]
+    External {
+        /// What is wrong and how to fix it.
+        why: String,
+    },
     /// A userfaultfd or memfd operation on a page failed.
     #[error("{op} of guest page {page}")]
     PageOp {

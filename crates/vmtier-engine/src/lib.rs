@@ -20,7 +20,7 @@ pub mod stats;
 pub mod tracker;
 
 pub use config::{ConfigError, EngineConfig, PolicyKind};
-pub use engine::{Engine, FEATURES, Snapshot};
+pub use engine::{Engine, ExternalMemory, FEATURES, REGISTER_MODE, Snapshot, register_guest_memory};
 pub use error::{EngineError, chain};
 pub use page_table::{Home, PageView, ReplState};
 pub use policy::Tier;

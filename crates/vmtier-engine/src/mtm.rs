@@ -79,7 +79,10 @@ impl Mtm {
     }
 
     /// Unmaps the next resident pages from the guest mapping so their next access is observed.
+    /// External memory is not sampled: the guest mapping is another process's, whose page
+    /// tables this process cannot zap.
     fn sample(&mut self, p: &Pager) {
+        let Some(map) = &p.map else { return };
         let per_tick = (self.cfg.tracker.sample_pages_per_sec * self.cfg.mtm.tick_ms / 1000) as usize;
         let n = p.table.len();
         let mut zapped = 0;
@@ -90,7 +93,7 @@ impl Mtm {
             let page = self.sample_hand;
             self.sample_hand = (self.sample_hand + 1) % n;
             if p.table.get(page).view().resident() {
-                if let Err(e) = p.map.zap(page * PAGE_SIZE, PAGE_SIZE) {
+                if let Err(e) = map.zap(page * PAGE_SIZE, PAGE_SIZE) {
                     error!(page, error = %crate::error::chain(&e), "sampling unmap failed");
                     return;
                 }

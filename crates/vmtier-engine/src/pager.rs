@@ -32,8 +32,13 @@ use crate::tracker::{AccessKind, Tracker};
 pub struct Pager {
     pub(crate) table: PageTable,
     pub(crate) memfd: Memfd,
-    pub(crate) map: SharedMapping,
+    /// This process's mapping of the memfd, registered with `uffd`; `None` when the memory is
+    /// external (mapped and registered by another process, see `Engine::start_external`).
+    pub(crate) map: Option<SharedMapping>,
     pub(crate) uffd: Uffd,
+    /// Address of guest page 0 in the address space the userfaultfd reports faults in: the
+    /// base of `map`, or the other process's mapping.
+    uffd_base: usize,
     pub(crate) budget: DramBudget,
     pub(crate) ssd: SsdStore,
     pub(crate) object: ObjectTier,
@@ -68,8 +73,9 @@ impl Pager {
     pub(crate) fn new(
         table: PageTable,
         memfd: Memfd,
-        map: SharedMapping,
+        map: Option<SharedMapping>,
         uffd: Uffd,
+        uffd_base: usize,
         budget: DramBudget,
         ssd: SsdStore,
         object: ObjectTier,
@@ -83,6 +89,7 @@ impl Pager {
             memfd,
             map,
             uffd,
+            uffd_base,
             budget,
             ssd,
             object,
@@ -97,15 +104,16 @@ impl Pager {
         }
     }
 
-    /// Guest address of `page`.
+    /// Guest address of `page`, as the userfaultfd sees it.
     pub(crate) fn addr(&self, page: usize) -> usize {
-        self.map.base() + page * PAGE_SIZE
+        self.uffd_base + page * PAGE_SIZE
     }
 
-    /// Page containing guest address `addr`, if it is guest memory.
+    /// Page containing guest address `addr` (as the userfaultfd reports it), if it is guest
+    /// memory.
     pub(crate) fn page_of(&self, addr: usize) -> Option<usize> {
-        let off = addr.checked_sub(self.map.base())?;
-        (off < self.map.len()).then_some(off / PAGE_SIZE)
+        let page = addr.checked_sub(self.uffd_base)? / PAGE_SIZE;
+        (page < self.table.len()).then_some(page)
     }
 
     fn offset(page: usize) -> u64 {

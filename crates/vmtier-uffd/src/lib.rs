@@ -4,13 +4,15 @@
 //! bindings (ioctl numbers and struct sizes checked at compile time), memfd-backed guest memory,
 //! shared mappings, and page-aligned buffers for `O_DIRECT` I/O. Everything above it is safe Rust.
 
+mod anon;
 mod buf;
 mod memfd;
 pub mod uffd;
 
+pub use anon::AnonMapping;
 pub use buf::{AlignedBuf, BUF_ALIGN};
 pub use memfd::{Memfd, SharedMapping};
-pub use uffd::{Event, FaultKind, Filled, Uffd};
+pub use uffd::{Attempt, Event, FaultKind, Filled, Uffd};
 
 /// Size of a base page, the unit vmtier tracks and moves.
 pub const PAGE_SIZE: usize = 4096;
@@ -55,6 +57,12 @@ pub enum Error {
     /// A memfd name containing a NUL byte.
     #[error("memfd name contains a NUL byte")]
     BadName,
+    /// A descriptor passed as a userfaultfd is something else.
+    #[error("the descriptor passed as a userfaultfd is `{what}`, not a userfaultfd")]
+    NotUserfaultfd {
+        /// What `/proc/self/fd` says the descriptor is.
+        what: String,
+    },
     /// A range outside the mapping.
     #[error("range {offset}+{len} lies outside the mapping")]
     OutOfRange {

@@ -40,6 +40,17 @@ impl Memfd {
         Ok(Self { file, size })
     }
 
+    /// Adopts a memfd another process created and passed over a Unix socket (`SCM_RIGHTS`);
+    /// its size must be a positive multiple of [`PAGE_SIZE`].
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, Error> {
+        let file = File::from(fd);
+        let size = file.metadata().map_err(|source| Error::Syscall { op: "fstat(memfd)", source })?.len();
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(Error::BadSize { size });
+        }
+        Ok(Self { file, size })
+    }
+
     /// Size of the file in bytes.
     pub fn size(&self) -> u64 {
         self.size

@@ -10,7 +10,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use crate::{Error, SharedMapping};
+use crate::{AnonMapping, Error, SharedMapping};
 
 const UFFD_API: u64 = 0xAA;
 const UFFDIO: u64 = 0xAA;
@@ -146,6 +146,7 @@ const COPY_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
 const CONTINUE_MODE_WP: u64 = 1 << 1;
+const ZEROPAGE_MODE_DONTWAKE: u64 = 1 << 0;
 
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 const UFFD_EVENT_REMOVE: u8 = 0x15;
@@ -195,6 +196,27 @@ pub enum Filled {
     /// The page was already present (`EEXIST`): someone else filled it; waiters are not woken
     /// by the failed call, so the caller wakes them.
     AlreadyPresent,
+}
+
+/// Outcome of a resolving ioctl that gives up instead of retrying when the address space is
+/// changing ([`Uffd::copy_once`], [`Uffd::zeropage_once`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Every page was filled (and the waiters woken, if asked).
+    Done,
+    /// Stopped at a page that was already present (`EEXIST`) after filling `filled` bytes;
+    /// waiters on the present page are not woken.
+    AlreadyPresent {
+        /// Bytes filled before the present page.
+        filled: usize,
+    },
+    /// The address space is changing (`EAGAIN`): a non-cooperative event such as
+    /// `UFFD_EVENT_REMOVE` is queued on this userfaultfd and must be read before pages can be
+    /// filled. `filled` bytes were filled; retry the rest after reading the events.
+    Again {
+        /// Bytes filled before the kernel refused.
+        filled: usize,
+    },
 }
 
 /// An open userfaultfd, initialised with a feature set.
@@ -257,9 +279,64 @@ impl Uffd {
         Ok(Self { fd, features: got.features })
     }
 
+    /// Adopts a userfaultfd another process created and passed over a Unix socket
+    /// (`SCM_RIGHTS`), such as a VMM handing its guest memory to a page server.
+    ///
+    /// `features` are the bits the creator negotiated with `UFFDIO_API`: the kernel offers no
+    /// way to read them back (a second `UFFDIO_API` fails), so they are taken on trust. The
+    /// descriptor is checked to be a userfaultfd and switched to non-blocking (a blocking
+    /// userfaultfd reports `POLLERR` to `poll`); the flag is shared with every copy of the
+    /// descriptor, which no user of vmtier's userfaultfds minds.
+    pub fn from_fd(fd: OwnedFd, features: u64) -> Result<Self, Error> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|source| Error::Syscall { op: "readlink(/proc/self/fd)", source })?;
+        if link.as_os_str() != "anon_inode:[userfaultfd]" {
+            return Err(Error::NotUserfaultfd { what: link.to_string_lossy().into_owned() });
+        }
+        // SAFETY: F_GETFL on a valid fd we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(syscall_err("fcntl(F_GETFL)"));
+        }
+        // SAFETY: F_SETFL with the flags just read plus O_NONBLOCK; no memory is passed.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(syscall_err("fcntl(F_SETFL, O_NONBLOCK)"));
+        }
+        Ok(Self { fd, features })
+    }
+
     /// The feature bits in force.
     pub fn features(&self) -> u64 {
         self.features
+    }
+
+    /// Registers all of `mapping` (anonymous private memory) with the given `mode` bits
+    /// (`MISSING` only: anonymous memory has no MINOR faults, and WP needs `PAGEFAULT_FLAG_WP`).
+    pub fn register_anon(&self, mapping: &AnonMapping, mode_bits: u64) -> Result<(), Error> {
+        // SAFETY: the mapping is owned by `mapping` and only accessed through atomics or raw
+        // copies (see `AnonMapping`), so pages filled by the resolving ioctls are never observed
+        // through a Rust reference while absent.
+        unsafe { self.register_range(mapping.base(), mapping.len(), mode_bits) }
+    }
+
+    /// Registers `[start, start+len)` with the given `mode` bits.
+    ///
+    /// # Safety
+    /// The range must be page-aligned memory the caller owns for as long as the registration
+    /// lasts (until this userfaultfd and every copy of it are closed), and no Rust reference
+    /// (`&T`, `&mut T`) may cover it: whoever holds the userfaultfd — possibly another process —
+    /// can fill absent pages of it with any content at any time, and accesses to absent pages
+    /// block until someone does.
+    pub unsafe fn register_range(&self, start: usize, len: usize, mode_bits: u64) -> Result<(), Error> {
+        let mut arg =
+            UffdioRegister { range: UffdioRange { start: start as u64, len: len as u64 }, mode: mode_bits, ioctls: 0 };
+        // SAFETY: `arg` is a correctly sized `uffdio_register`; the caller guarantees the range
+        // is memory it owns and that no Rust reference relies on its contents.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut arg) };
+        if rc != 0 {
+            return Err(syscall_err("UFFDIO_REGISTER"));
+        }
+        Ok(())
     }
 
     /// Registers the whole of `mapping` with the given `mode` bits.
@@ -379,6 +456,71 @@ impl Uffd {
                 _ => {
                     return Err(Error::Syscall { op: "UFFDIO_COPY", source: e });
                 }
+            }
+        }
+    }
+
+    /// `UFFDIO_COPY` that returns instead of spinning while the address space is changing
+    /// ([`Attempt::Again`]), and reports how far it got. A handler that also reads
+    /// non-cooperative events (`EVENT_REMOVE`) on the same thread must use this: [`copy`](Self::copy)
+    /// would retry forever, since the event that blocks it is never read.
+    pub fn copy_once(&self, dst: usize, src: &[u8], write_protect: bool, wake: bool) -> Result<Attempt, Error> {
+        let mut mode = if write_protect { COPY_MODE_WP } else { 0 };
+        if !wake {
+            mode |= COPY_MODE_DONTWAKE;
+        }
+        let mut arg = UffdioCopy { dst: dst as u64, src: src.as_ptr() as u64, len: src.len() as u64, mode, copy: 0 };
+        let mut filled = 0usize;
+        loop {
+            // SAFETY: as in `copy`: a correctly sized `uffdio_copy` reading from the live `src`
+            // and writing only into absent pages of a registered range.
+            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut arg) };
+            if rc == 0 {
+                return Ok(Attempt::Done);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EEXIST) => return Ok(Attempt::AlreadyPresent { filled }),
+                Some(libc::EAGAIN) if arg.copy > 0 => {
+                    // A partial copy stops for either reason; the rest tells which.
+                    let done = arg.copy as u64;
+                    filled += done as usize;
+                    arg.dst += done;
+                    arg.src += done;
+                    arg.len -= done;
+                    arg.copy = 0;
+                }
+                Some(libc::EAGAIN) => return Ok(Attempt::Again { filled }),
+                _ => return Err(Error::Syscall { op: "UFFDIO_COPY", source: e }),
+            }
+        }
+    }
+
+    /// `UFFDIO_ZEROPAGE` that returns instead of spinning while the address space is changing,
+    /// like [`copy_once`](Self::copy_once).
+    pub fn zeropage_once(&self, dst: usize, len: usize, wake: bool) -> Result<Attempt, Error> {
+        let mode = if wake { 0 } else { ZEROPAGE_MODE_DONTWAKE };
+        let mut arg = UffdioRangeOp { range: UffdioRange { start: dst as u64, len: len as u64 }, mode, result: 0 };
+        let mut filled = 0usize;
+        loop {
+            // SAFETY: `arg` is a correctly sized `uffdio_zeropage`; it maps zero pages into
+            // absent pages of a registered range only.
+            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, &mut arg) };
+            if rc == 0 {
+                return Ok(Attempt::Done);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EEXIST) => return Ok(Attempt::AlreadyPresent { filled }),
+                Some(libc::EAGAIN) if arg.result > 0 => {
+                    let done = arg.result as u64;
+                    filled += done as usize;
+                    arg.range.start += done;
+                    arg.range.len -= done;
+                    arg.result = 0;
+                }
+                Some(libc::EAGAIN) => return Ok(Attempt::Again { filled }),
+                _ => return Err(Error::Syscall { op: "UFFDIO_ZEROPAGE", source: e }),
             }
         }
     }

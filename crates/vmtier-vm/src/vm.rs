@@ -66,6 +66,9 @@ struct PauseInner {
     paused: AtomicBool,
     running: AtomicBool,
     thread: AtomicU64,
+    /// Set by [`Pauser::abort`]; never cleared.
+    aborted: AtomicBool,
+    abort_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl Pauser {
@@ -98,6 +101,45 @@ impl Pauser {
     /// Whether a pause was requested.
     pub fn requested(&self) -> bool {
         self.inner.requested.load(Ordering::SeqCst)
+    }
+
+    /// Stops the VM for good because the page server serving its memory is gone: the running
+    /// [`MicroVm::run`] (and every later one) returns [`VmError::PageServerDied`] with `reason`.
+    ///
+    /// A vCPU blocked inside `KVM_RUN` on a userfaultfd fault that will never be served is
+    /// interrupted by the kick signal (KVM waits for such faults interruptibly). A thread
+    /// blocked on such a fault in user space (the VMM itself copying to guest memory) is not:
+    /// the access is retried after the signal. Returns whether the vCPU left `run` within
+    /// `timeout` (or was not running); if not, the caller's last resort is to exit the process.
+    pub fn abort(&self, reason: impl Into<String>, timeout: Duration) -> bool {
+        let mut slot = self.inner.abort_reason.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| reason.into());
+        drop(slot);
+        self.inner.aborted.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while self.inner.running.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let tid = self.inner.thread.load(Ordering::SeqCst);
+            if tid != 0 {
+                // SAFETY: as in `pause`: the vCPU thread's pthread_t, stored while it runs; the
+                // signal's handler is a no-op.
+                unsafe { libc::pthread_kill(tid as libc::pthread_t, kick_signal()) };
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        true
+    }
+
+    /// Whether [`abort`](Self::abort) was called.
+    pub fn aborted(&self) -> bool {
+        self.inner.aborted.load(Ordering::SeqCst)
+    }
+
+    fn abort_error(&self) -> VmError {
+        let reason = self.inner.abort_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        VmError::PageServerDied(reason.unwrap_or_else(|| "no reason given".into()))
     }
 }
 
@@ -167,7 +209,7 @@ impl<'m> MicroVm<'m> {
                 ),
             });
         }
-        let kvm = Kvm::new().map_err(|e| VmError::KvmUnavailable(format!("open /dev/kvm: {e}")))?;
+        let kvm = crate::open_kvm()?;
         let vm = kvm.create_vm().map_err(VmError::kvm("KVM_CREATE_VM"))?;
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -319,6 +361,9 @@ impl<'m> MicroVm<'m> {
         let _running = Running(&inner);
         debug_assert!(sig > 0);
         loop {
+            if inner.aborted.load(Ordering::SeqCst) {
+                return Err(self.pauser.abort_error());
+            }
             if inner.requested.load(Ordering::SeqCst) {
                 inner.paused.store(true, Ordering::SeqCst);
                 return Ok(RunExit::Paused);
