@@ -1,6 +1,7 @@
 //! The main job: start the engine, run a guest on it (the KVM micro-VM, or host threads in this
 //! process) with a progress bar, report.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use serde_json::{Value, json};
 use vmtier_engine::{Engine, Snapshot};
 use vmtier_workload::{Progress, WorkloadReport};
 
+use vmtier_uffd::{Memfd, SharedMapping};
+use vmtier_vm::page_server::{PageServerClient, WatchOptions};
 use vmtier_vm::{GuestLatency, GuestRam, MicroVm, VmOptions};
 
 use crate::run_config::{GuestChoice, RunConfig, check_vm_memory};
@@ -90,21 +93,12 @@ pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
                 Ok(GuestResult { guest: "in-process", report, failure, guest_latency: None })
             }
         });
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("{spinner} {msg:10} [{bar:40}] {pos}/{len} operations, {per_sec}, eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+        show_progress(
+            &progress,
+            json_out,
+            || guest.is_finished(),
+            || format!("{} {}MiB", progress.phase_name(), engine.resident_bytes() >> 20),
         );
-        if json_out {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        while !guest.is_finished() {
-            bar.set_length(progress.total.load(Ordering::Relaxed));
-            bar.set_position(progress.done.load(Ordering::Relaxed));
-            bar.set_message(format!("{} {}MiB", progress.phase_name(), engine.resident_bytes() >> 20));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bar.finish_and_clear();
         let result = guest.join().map_err(|_| anyhow::anyhow!("the guest thread panicked"))??;
         anyhow::Ok((result, engine.snapshot()))
     })?;
@@ -115,6 +109,91 @@ pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
         println!("{}", serde_json::to_string_pretty(&to_json(&snap, &result, verified, cfg, elapsed))?);
     } else {
         print_summary(&snap, &result, verified, cfg, elapsed);
+    }
+    Ok(verified)
+}
+
+/// Draws a progress bar (unless `json_out`) until `done()`.
+fn show_progress(progress: &Progress, json_out: bool, done: impl Fn() -> bool, message: impl Fn() -> String) {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} {msg:10} [{bar:40}] {pos}/{len} operations, {per_sec}, eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    if json_out {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    while !done() {
+        bar.set_length(progress.total.load(Ordering::Relaxed));
+        bar.set_position(progress.done.load(Ordering::Relaxed));
+        bar.set_message(message());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
+/// Runs the micro-VM with its memory served by the page server at `socket` (`vmtier serve`, tiers
+/// mode): this process owns the memfd and the vCPU, the server's engine tiers the memory. Prints
+/// the guest's side; the engine's figures are in the server's log. Returns whether the guest
+/// verified everything it read.
+pub fn run_with_page_server(cfg: &RunConfig, socket: &Path, json_out: bool) -> anyhow::Result<bool> {
+    vmtier_vm::kvm_usable().context("the micro-VM guest was requested")?;
+    let spec = cfg.workload.to_guest_spec()?;
+    check_vm_memory(cfg.engine.memory.0)?;
+    let memfd = Memfd::create("vmtier-guest", cfg.engine.memory.0).context("creating guest memory")?;
+    let map = SharedMapping::new(&memfd).context("mapping guest memory")?;
+    let mut client = PageServerClient::connect_tiers(socket, &memfd, &map)
+        .with_context(|| format!("handing guest memory to the page server at {}", socket.display()))?;
+    let mut vm = MicroVm::new(GuestRam::new(map.as_words()), VmOptions::default()).context("creating the micro-VM")?;
+    client.watch(Some(vm.pauser()), WatchOptions::default())?;
+    let progress = Progress::new();
+    let started = Instant::now();
+    let out = std::thread::scope(|s| {
+        let guest = s.spawn(|| vmtier_vm::run_guest(&mut vm, &spec, &progress));
+        show_progress(&progress, json_out, || guest.is_finished(), || progress.phase_name().to_string());
+        guest.join().map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))
+    })?
+    .context("running the micro-VM")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let report = out.to_workload_report(spec.workload);
+    let failure = out.failure();
+    let verified = failure.is_none() && report.as_ref().is_some_and(|r| r.verified);
+    let lat = out.fault_latency();
+    if json_out {
+        let v = json!({
+            "guest": "micro-vm",
+            "page_server": socket,
+            "guest_bytes": cfg.engine.memory.0,
+            "workload": cfg.workload.kind,
+            "verified": verified,
+            "elapsed_s": elapsed,
+            "guest_fault_latency_us": {"count": lat.count, "p50": lat.p50_us, "p99": lat.p99_us},
+            "throughput_accesses_per_s": report.as_ref().map(|r| r.access_throughput_per_sec),
+            "workload_report": report,
+            "failure": failure,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "vmtier: {} guest, workload {} (micro-vm guest), memory served by the page server at {}",
+            mib(cfg.engine.memory.0),
+            cfg.workload.kind,
+            socket.display()
+        );
+        println!("  (tier statistics are the server's: run it with VMTIER_LOG=info)");
+        println!("  guest-measured fault latency p50 {:.1} us, p99 {:.1} us (n={})", lat.p50_us, lat.p99_us, lat.count);
+        if let Some(r) = &report {
+            println!(
+                "  throughput {:.0} accesses/s over {:.1} s (populate {:.1} s), total {:.1} s",
+                r.access_throughput_per_sec, r.access_secs, r.populate_secs, elapsed
+            );
+        }
+        match &failure {
+            Some(f) => println!("  verified: NO — {f}"),
+            None => {
+                println!("  verified: {}", if verified { "yes, every read matched what was written" } else { "NO" })
+            }
+        }
     }
     Ok(verified)
 }

@@ -63,6 +63,10 @@ enum VmCommand {
         /// A configuration file (as for `vmtier run`); defaults as for `demo` without one.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Hand guest memory to the page server listening here (`vmtier serve`) instead of
+        /// tiering it in this process; the server's engine and DRAM budget apply.
+        #[arg(long)]
+        page_server: Option<PathBuf>,
         #[command(flatten)]
         opts: JobOpts,
     },
@@ -169,17 +173,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| e.context(format!("config file {} with command-line overrides", config.display())))?;
             job::run(&cfg, opts.json)?
         }
-        Command::Vm { vm: VmCommand::Run { config, opts } } => {
+        Command::Vm { vm: VmCommand::Run { config, page_server, opts } } => {
             let mut cfg = match &config {
                 Some(path) => RunConfig::load(path)?,
                 None => RunConfig::default(),
             };
             cfg.workload.guest = GuestChoice::Vm;
+            if page_server.is_some() {
+                // The server's engine tiers the memory; a budget here would mean nothing.
+                anyhow::ensure!(
+                    opts.dram.is_none(),
+                    "--dram does not apply with --page-server: the server's budget does (vmtier serve --dram)"
+                );
+                cfg.engine.dram = opts.memory.unwrap_or(cfg.engine.memory);
+            }
             opts.apply(&mut cfg)?;
             if cfg.workload.guest != GuestChoice::Vm {
                 anyhow::bail!("`vmtier vm run` always uses the micro-VM guest; drop --guest");
             }
-            job::run(&cfg, opts.json)?
+            match &page_server {
+                Some(socket) => job::run_with_page_server(&cfg, socket, opts.json)?,
+                None => job::run(&cfg, opts.json)?,
+            }
         }
         Command::Serve(args) => {
             serve::run(&args)?;
