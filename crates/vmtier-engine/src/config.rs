@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::prefetch::PrefetcherKind;
 use crate::size::ByteSize;
 
 /// Everything the engine needs to run one guest memory region.
@@ -25,6 +26,8 @@ pub struct EngineConfig {
     pub tracker: TrackerConfig,
     /// Fault handling.
     pub fault: FaultConfig,
+    /// Predictive prefetching.
+    pub prefetch: PrefetchConfig,
 }
 
 impl Default for EngineConfig {
@@ -37,7 +40,26 @@ impl Default for EngineConfig {
             mtm: MtmConfig::default(),
             tracker: TrackerConfig::default(),
             fault: FaultConfig::default(),
+            prefetch: PrefetchConfig::default(),
         }
+    }
+}
+
+/// `[prefetch]`: which predictor brings pages in ahead of the guest (see `docs/prefetch.md`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefetchConfig {
+    /// `none`, `readahead`, `stride`, `leap` or `history`.
+    pub kind: PrefetcherKind,
+    /// Most pages a predictor runs ahead of the guest.
+    pub max_window_pages: usize,
+    /// Most predictions waiting to be installed; more are dropped.
+    pub queue_pages: usize,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        Self { kind: PrefetcherKind::None, max_window_pages: 64, queue_pages: 4096 }
     }
 }
 
@@ -341,6 +363,12 @@ impl EngineConfig {
         }
         if !(1..=512).contains(&self.fault.fault_around_pages) {
             return Err(bad(&k("fault.fault_around_pages"), self.fault.fault_around_pages, "1 (off) to 512 (2 MiB)"));
+        }
+        if !(1..=1024).contains(&self.prefetch.max_window_pages) {
+            return Err(bad(&k("prefetch.max_window_pages"), self.prefetch.max_window_pages, "1 to 1024"));
+        }
+        if !(16..=1 << 20).contains(&self.prefetch.queue_pages) {
+            return Err(bad(&k("prefetch.queue_pages"), self.prefetch.queue_pages, "16 to 1048576"));
         }
         Ok(())
     }

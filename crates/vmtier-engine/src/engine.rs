@@ -19,6 +19,8 @@ use crate::mtm::Mtm;
 use crate::page_table::{Home, PageTable, PageView};
 use crate::pager::Pager;
 use crate::policy::{self, Tier};
+use crate::prefetch::PrefetcherKind;
+use crate::prefetch::worker::Prefetch;
 use crate::stats::LatencyUs;
 use crate::tracker::{AccessEvent, Tracker};
 
@@ -165,6 +167,9 @@ impl Engine {
             uffd,
             uffd_base,
             DramBudget::new(cfg.dram_pages()),
+            (cfg.prefetch.kind != PrefetcherKind::None).then(|| {
+                Prefetch::new(cfg.prefetch.kind, pages as u64, cfg.prefetch.max_window_pages, cfg.prefetch.queue_pages)
+            }),
             ssd,
             object,
             tracker,
@@ -190,6 +195,10 @@ impl Engine {
             let mut mtm = Mtm::new(cfg.clone(), policy);
             let (p, s) = (Arc::clone(&pager), Arc::clone(&stop));
             engine.threads.push(spawn("vmtier-mtm", move || mtm.run(&p, &s))?);
+        }
+        if pager.prefetch.is_some() {
+            let (p, s) = (Arc::clone(&pager), Arc::clone(&stop));
+            engine.threads.push(spawn("vmtier-prefetch", move || crate::prefetch::worker::worker_loop(&p, &s))?);
         }
         Ok(engine)
     }
@@ -404,6 +413,22 @@ pub struct Snapshot {
     pub tier3_bytes_stored: u64,
     /// Fault service latency (MISSING faults, from reading the event to resolving it).
     pub fault_latency_us: LatencyUs,
+    /// The prefetcher (`none` when off).
+    pub prefetcher: &'static str,
+    /// Pages the prefetcher brought into DRAM.
+    pub prefetch_issued: u64,
+    /// Prefetched pages the guest then touched.
+    pub prefetch_used: u64,
+    /// `prefetch_used / prefetch_issued` (0 when nothing was issued).
+    pub prefetch_accuracy: f64,
+    /// Predictions that arrived after the guest had faulted on the page.
+    pub prefetch_late: u64,
+    /// Prefetched pages evicted untouched.
+    pub prefetch_wasted: u64,
+    /// Bytes read for prefetched pages the guest never touched.
+    pub prefetch_wasted_bytes: u64,
+    /// Predictions dropped (queue full, or no free or cold frame).
+    pub prefetch_dropped: u64,
 }
 
 fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
@@ -432,7 +457,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         zero_pages: zero,
         dirty_pages: dirty,
         faults: l(&s.faults_missing),
-        sample_faults: l(&s.faults_minor),
+        sample_faults: l(&s.faults_minor).saturating_sub(l(&s.prefetch_used)),
         write_faults: l(&s.faults_wp),
         zero_fills: l(&s.zero_fills),
         tier2_hits: l(&s.tier2_hits),
@@ -459,6 +484,18 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         tier3_segments: obj.segments,
         tier3_bytes_stored: obj.bytes_stored,
         fault_latency_us: s.latency_us(),
+        prefetcher: p.prefetch.as_ref().map_or("none", |pf| pf.kind().name()),
+        prefetch_issued: l(&s.prefetch_issued),
+        prefetch_used: l(&s.prefetch_used),
+        prefetch_accuracy: if l(&s.prefetch_issued) == 0 {
+            0.0
+        } else {
+            l(&s.prefetch_used) as f64 / l(&s.prefetch_issued) as f64
+        },
+        prefetch_late: l(&s.prefetch_late),
+        prefetch_wasted: l(&s.prefetch_wasted),
+        prefetch_wasted_bytes: l(&s.prefetch_wasted) * PAGE_SIZE as u64,
+        prefetch_dropped: l(&s.prefetch_dropped),
     }
 }
 

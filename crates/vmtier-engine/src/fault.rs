@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, trace};
 use vmtier_uffd::{AlignedBuf, Event, FaultKind, Filled, PAGE_SIZE};
 
-use crate::page_table::{DIRTY, POISONED};
+use crate::page_table::{DIRTY, POISONED, PREFETCHED};
 use crate::pager::Pager;
 use crate::stats::bump;
 use crate::tracker::AccessKind;
@@ -118,8 +118,15 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
         FaultKind::Missing => {
             bump(&p.stats.faults_missing);
             if v.resident() {
+                if v.word & PREFETCHED != 0 {
+                    // Installed while this fault waited: the prediction was right but late.
+                    bump(&p.stats.prefetch_late);
+                }
                 wake();
                 return Outcome::Done;
+            }
+            if let Some(pf) = &p.prefetch {
+                pf.note_demand(p, page as u64);
             }
             if v.word & POISONED != 0 {
                 return Outcome::Done;
@@ -145,6 +152,10 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
                 return Outcome::IoFailed;
             }
             p.tracker.observe(page as u64, entry, AccessKind::Fault, write);
+            drop(g);
+            if let Some(pf) = &p.prefetch {
+                pf.on_fault(p, page as u64);
+            }
         }
         FaultKind::WriteProtect => {
             bump(&p.stats.faults_wp);
@@ -167,12 +178,26 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
             if write {
                 g.set(DIRTY);
             }
+            let prefetched = v.word & PREFETCHED != 0;
+            if prefetched {
+                g.clear(PREFETCHED);
+                bump(&p.stats.prefetch_used);
+            }
             match p.uffd.continue_(address, PAGE_SIZE, !(v.dirty() || write)) {
                 Ok(Filled::Done) => {}
                 Ok(Filled::AlreadyPresent) => wake(),
                 Err(e) => error!(page, error = %crate::error::chain(&e), "UFFDIO_CONTINUE failed"),
             }
-            p.tracker.observe(page as u64, entry, AccessKind::Sample, write);
+            if prefetched {
+                // The prefetch saved a fault: an access, not a sample.
+                p.tracker.observe(page as u64, entry, AccessKind::Fault, write);
+                drop(g);
+                if let Some(pf) = &p.prefetch {
+                    pf.on_use(p, page as u64);
+                }
+            } else {
+                p.tracker.observe(page as u64, entry, AccessKind::Sample, write);
+            }
         }
     }
     Outcome::Done

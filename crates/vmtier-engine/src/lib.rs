@@ -15,14 +15,16 @@ mod mtm;
 pub mod page_table;
 mod pager;
 pub mod policy;
+pub mod prefetch;
 pub mod size;
 pub mod stats;
 pub mod tracker;
 
-pub use config::{ConfigError, EngineConfig, PolicyKind};
+pub use config::{ConfigError, EngineConfig, PolicyKind, PrefetchConfig};
 pub use engine::{Engine, ExternalMemory, FEATURES, REGISTER_MODE, Snapshot, register_guest_memory};
 pub use error::{EngineError, chain};
 pub use page_table::{Home, PageView, ReplState};
 pub use policy::Tier;
+pub use prefetch::{Prefetcher, PrefetcherKind};
 pub use size::ByteSize;
 pub use vmtier_uffd::PAGE_SIZE;

@@ -14,7 +14,8 @@
 //! | | 5 | `CLEAN`: a secondary can read the stored copy (set by replication) |
 //! | | 6 | `WRITTEN`: the last observed access was a write |
 //! | | 7 | `POISONED`: the stored copy failed its checksum; the page is unreadable |
-//! | | 8–63 | location: tier-2 slot, or tier-3 `segment << 16 \| index` |
+//! | | 8–55 | location: tier-2 slot, or tier-3 `segment << 16 \| index` |
+//! | | 63 | `PREFETCHED`: resident because a prefetcher predicted it, not yet touched |
 //! | `crc` | 32 | crc32c of the stored copy |
 //! | `freq` | 8 | access frequency 0–100 as of `seen` |
 //! | `seen` | 16 | tick (mod 2^16) of the last observed access |
@@ -37,7 +38,11 @@ pub const CLEAN: u64 = 1 << 5;
 pub const WRITTEN: u64 = 1 << 6;
 /// Stored copy is corrupt.
 pub const POISONED: u64 = 1 << 7;
+/// Resident because a prefetcher predicted it (installed unmapped), not touched yet.
+pub const PREFETCHED: u64 = 1 << 63;
 const LOC_SHIFT: u32 = 8;
+/// Bits of the location field (tier-3 locations use 48).
+const LOC_MASK: u64 = (1 << 48) - 1;
 
 /// Where a page's stored copy lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +65,7 @@ impl Home {
     }
 
     fn decode(word: u64) -> Self {
-        let loc = word >> LOC_SHIFT;
+        let loc = (word >> LOC_SHIFT) & LOC_MASK;
         match word & HOME_MASK {
             2 => Home::Ssd(SlotId(loc as u32)),
             3 => Home::Object(SegmentLoc { segment: (loc >> 16) as u32, index: loc as u16 }),
@@ -210,7 +215,7 @@ impl PageGuard<'_> {
     /// Points the page at a new stored copy with checksum `crc`.
     pub fn set_home(&self, home: Home, crc: u32) {
         self.entry.crc.store(crc, Ordering::Relaxed);
-        let keep = RESIDENT | LOCKED | DIRTY | WRITTEN;
+        let keep = RESIDENT | LOCKED | DIRTY | WRITTEN | PREFETCHED;
         let mut cur = self.entry.state.load(Ordering::Acquire);
         loop {
             // A new stored copy is not yet known to any secondary: CLEAN drops.

@@ -22,8 +22,9 @@ use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 
 use crate::dram::DramBudget;
 use crate::error::EngineError;
-use crate::page_table::{DIRTY, Home, POISONED, PageGuard, PageTable, PageView, RESIDENT};
+use crate::page_table::{DIRTY, Home, POISONED, PREFETCHED, PageGuard, PageTable, PageView, RESIDENT};
 use crate::policy::Tier;
+use crate::prefetch::worker::Prefetch;
 use crate::stats::{Stats, add, bump};
 use crate::tracker::{AccessKind, Tracker};
 
@@ -40,6 +41,8 @@ pub struct Pager {
     /// base of `map`, or the other process's mapping.
     uffd_base: usize,
     pub(crate) budget: DramBudget,
+    /// The prefetcher and its queue, unless prefetching is off.
+    pub(crate) prefetch: Option<Prefetch>,
     pub(crate) ssd: SsdStore,
     pub(crate) object: ObjectTier,
     pub(crate) tracker: Tracker,
@@ -77,6 +80,7 @@ impl Pager {
         uffd: Uffd,
         uffd_base: usize,
         budget: DramBudget,
+        prefetch: Option<Prefetch>,
         ssd: SsdStore,
         object: ObjectTier,
         tracker: Tracker,
@@ -91,6 +95,7 @@ impl Pager {
             uffd,
             uffd_base,
             budget,
+            prefetch,
             ssd,
             object,
             tracker,
@@ -138,7 +143,7 @@ impl Pager {
     }
 
     /// Reads the stored copy of a page into `buf`, checksum checked.
-    fn read_home(&self, page: usize, v: &PageView, buf: &mut [u8]) -> Result<(), EngineError> {
+    pub(crate) fn read_home(&self, page: usize, v: &PageView, buf: &mut [u8]) -> Result<(), EngineError> {
         match v.home() {
             Home::Zero => {
                 buf.fill(0);
@@ -336,7 +341,10 @@ impl Pager {
     /// Drops a resident page from DRAM (its content is stored or unchanged) and frees its frame.
     fn drop_frame(&self, page: usize, g: &PageGuard<'_>) -> Result<(), EngineError> {
         self.memfd.punch_hole(Self::offset(page), PAGE_SIZE as u64).map_err(page_err("fallocate(PUNCH_HOLE)", page))?;
-        g.clear(RESIDENT | DIRTY);
+        if g.view().word & PREFETCHED != 0 {
+            bump(&self.stats.prefetch_wasted);
+        }
+        g.clear(RESIDENT | DIRTY | PREFETCHED);
         self.budget.release(1);
         bump(&self.stats.demotions);
         Ok(())
@@ -349,7 +357,7 @@ impl Pager {
             if self.budget.try_reserve() {
                 return true;
             }
-            if !self.reclaim_one(buf) {
+            if !self.reclaim_one(buf, true) {
                 return false;
             }
             bump(&self.stats.direct_reclaims);
@@ -357,9 +365,22 @@ impl Pager {
         false
     }
 
+    /// Reserves a DRAM frame for a prefetched page: a free one, or one reclaimed from the
+    /// policy's coldest pages — never by the clock, which could take a page hotter than the
+    /// prediction.
+    pub(crate) fn reserve_prefetch_frame(&self, buf: &mut AlignedBuf) -> bool {
+        self.budget.try_reserve() || (self.reclaim_one(buf, false) && self.budget.try_reserve())
+    }
+
+    /// Puts `buf` into the memfd's page cache at `page` without mapping it: the guest's next
+    /// access is a MINOR fault.
+    pub(crate) fn write_page_cache(&self, page: usize, buf: &[u8]) -> Result<(), EngineError> {
+        self.memfd.write_at(buf, Self::offset(page)).map_err(page_err("pwrite", page))
+    }
+
     /// Evicts one resident page: an MTM-chosen victim if there is one, else the first page a
     /// clock hand finds that was not seen in this tick.
-    fn reclaim_one(&self, buf: &mut AlignedBuf) -> bool {
+    fn reclaim_one(&self, buf: &mut AlignedBuf, clock: bool) -> bool {
         // The MTM's coldest candidates, a batch at a time: one write for many evictions.
         loop {
             let batch: Vec<usize> = {
@@ -382,6 +403,9 @@ impl Pager {
                     break;
                 }
             }
+        }
+        if !clock {
+            return false;
         }
         let n = self.table.len();
         let now = self.tracker.tick() as u16;

@@ -53,6 +53,16 @@ pub struct Stats {
     pub compacted_slots: AtomicU64,
     /// Tier-3 segments rewritten by compaction.
     pub compacted_segments: AtomicU64,
+    /// Pages a prefetcher brought into DRAM.
+    pub prefetch_issued: AtomicU64,
+    /// Prefetched pages the guest then touched.
+    pub prefetch_used: AtomicU64,
+    /// Predictions that arrived after the guest had already faulted on the page.
+    pub prefetch_late: AtomicU64,
+    /// Prefetched pages evicted before the guest touched them.
+    pub prefetch_wasted: AtomicU64,
+    /// Predictions dropped (queue full, or no free or cold frame to take).
+    pub prefetch_dropped: AtomicU64,
     latency_ns: Mutex<Histogram<u64>>,
 }
 
@@ -82,6 +92,11 @@ impl Default for Stats {
             io_errors: z(),
             compacted_slots: z(),
             compacted_segments: z(),
+            prefetch_issued: z(),
+            prefetch_used: z(),
+            prefetch_late: z(),
+            prefetch_wasted: z(),
+            prefetch_dropped: z(),
             latency_ns: Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid histogram bounds")),
         }
     }

@@ -66,6 +66,12 @@ impl Memfd {
         self.file.read_exact_at(buf, offset).map_err(|source| Error::Syscall { op: "pread(memfd)", source })
     }
 
+    /// Writes `buf` at `offset` (`pwrite`): the pages enter the file's page cache without being
+    /// mapped anywhere, so on a MINOR-registered mapping the next access is a MINOR fault.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Error> {
+        self.file.write_all_at(buf, offset).map_err(|source| Error::Syscall { op: "pwrite(memfd)", source })
+    }
+
     /// Drops the pages in `[offset, offset+len)` from the file and from every mapping of it
     /// (`fallocate(PUNCH_HOLE | KEEP_SIZE)`). The next guest access to them is a MISSING fault.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), Error> {
