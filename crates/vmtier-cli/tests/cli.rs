@@ -1,12 +1,15 @@
 //! Integration tests for the `vmtier` binary: each runs it as a child process with its working
 //! directory set to a fresh temporary directory, so `./vmtier-data` lands there.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{describe, json_ok};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -19,26 +22,6 @@ fn vmtier(dir: &Path) -> Command {
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     vmtier(dir).args(args).output().expect("vmtier runs")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Exit 0 and stdout is exactly one JSON object.
-fn json_ok(out: &Output) -> serde_json::Map<String, Value> {
-    assert_eq!(out.status.code(), Some(0), "{}", describe(out));
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON value: {e}\n{}", describe(out)));
-    match v {
-        Value::Object(m) => m,
-        other => panic!("stdout is not a JSON object: {other}"),
-    }
 }
 
 fn u64_key(m: &serde_json::Map<String, Value>, k: &str) -> u64 {

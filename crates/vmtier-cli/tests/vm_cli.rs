@@ -1,9 +1,11 @@
 //! `vmtier vm run` and the demo's choice of guest, run as child processes.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use common::{describe, json_ok};
 
 fn vmtier(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmtier"))
@@ -13,23 +15,6 @@ fn vmtier(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("vmtier runs")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn json_ok(out: &Output) -> serde_json::Map<String, Value> {
-    assert_eq!(out.status.code(), Some(0), "{}", describe(out));
-    match serde_json::from_slice(&out.stdout) {
-        Ok(Value::Object(m)) => m,
-        other => panic!("stdout is not one JSON object: {other:?}\n{}", describe(out)),
-    }
 }
 
 #[test]
