@@ -9,11 +9,10 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use vmtier_engine::{Engine, Snapshot};
-use vmtier_workload::{Progress, WorkloadReport};
-
 use vmtier_uffd::{Memfd, SharedMapping};
 use vmtier_vm::page_server::{PageServerClient, WatchOptions};
 use vmtier_vm::{GuestLatency, GuestRam, MicroVm, VmOptions};
+use vmtier_workload::{Progress, WorkloadReport};
 
 use crate::run_config::{GuestChoice, RunConfig, check_vm_memory};
 
