@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vmtier_engine::{ByteSize, PolicyKind};
+use vmtier_engine::{ByteSize, PolicyKind, PrefetcherKind};
 
 use crate::run_config::{GuestChoice, RunConfig};
 
@@ -107,6 +107,9 @@ struct JobOpts {
     /// Placement policy: hotset or threshold.
     #[arg(long)]
     policy: Option<PolicyKind>,
+    /// Prefetcher: none, readahead, stride, leap or history.
+    #[arg(long)]
+    prefetch: Option<PrefetcherKind>,
     /// Directory for tier 2 and tier 3.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -134,6 +137,9 @@ impl JobOpts {
         }
         if let Some(p) = self.policy {
             cfg.engine.mtm.policy = p;
+        }
+        if let Some(p) = self.prefetch {
+            cfg.engine.prefetch.kind = p;
         }
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();
