@@ -17,6 +17,7 @@
 //! | `0x100000..0x200000`       | stack (grows down from `0x200000`)               |
 //! | `0x200000..0x400000`       | the guest program (ELF `PT_LOAD` segments)       |
 //! | `0x400000..`               | heap: the workload's data, up to the end of RAM  |
+//! | top of RAM (`trace` only)  | the trace's accesses, above [`BootInfo::heap_end`] |
 #![allow(dead_code)]
 
 /// Guest page size the layout is expressed in.
@@ -115,6 +116,8 @@ pub mod workload {
     pub const UNIFORM: u32 = 6;
     /// Writes the pages listed by [`super::BootInfo::touch_pages`] once, then exits (tests).
     pub const TOUCH: u32 = 7;
+    /// Replays the page trace at [`super::BootInfo::trace_gpa`] (see [`super::BootInfo`]).
+    pub const TRACE: u32 = 8;
 }
 
 /// [`BootInfo::magic`].
@@ -158,8 +161,13 @@ pub struct BootInfo {
     pub fault_threshold_ticks: u64,
     /// Skip the final re-read of every touched page.
     pub skip_final_check: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// [`workload::TRACE`]: the trace's footprint; it runs over data pages `0..trace_pages`.
+    pub trace_pages: u32,
+    /// [`workload::TRACE`]: guest-physical address of the accesses, one `u32` each:
+    /// `page << 1 | write`. The VMM places them above the heap (`heap_end ≤ trace_gpa`).
+    pub trace_gpa: u64,
+    /// [`workload::TRACE`]: number of accesses.
+    pub trace_count: u64,
 }
 
 /// How the page workloads lay out the heap: the version array (`u32` per page), the first data
@@ -259,3 +267,5 @@ impl Default for GuestReport {
 
 const _: () = assert!(core::mem::size_of::<GuestReport>() <= PAGE as usize);
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= PAGE as usize);
+// No padding: the VMM copies BootInfo as plain bytes.
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 128);

@@ -1,11 +1,14 @@
 //! `vmtier`: tiered VM memory — demo, run, bench.
 
+mod baseline;
 mod bench_fault;
 mod bench_sampling;
+mod bench_tiering;
 mod bench_vm;
 mod job;
 mod run_config;
 mod serve;
+mod trace_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,12 +56,20 @@ enum Command {
         #[command(subcommand)]
         bench: Bench,
     },
+    /// Page traces of real programs: import valgrind lackey output, summarise a trace.
+    Trace {
+        #[command(subcommand)]
+        trace: trace_cmd::TraceCommand,
+    },
+    /// The baseline child of `bench tiering` (internal).
+    #[command(name = "__baseline-child", hide = true)]
+    BaselineChild(baseline::child::Args),
 }
 
 #[derive(Debug, Subcommand)]
 enum VmCommand {
     /// Boot the guest program in a micro-VM and run a workload (zipf, scan, phases, uniform,
-    /// kv, bfs); prints the same summary and JSON as `demo`.
+    /// kv, bfs, trace); prints the same summary and JSON as `demo`.
     Run {
         /// A configuration file (as for `vmtier run`); defaults as for `demo` without one.
         #[arg(long, short)]
@@ -80,6 +91,8 @@ enum Bench {
     Sampling(bench_sampling::Args),
     /// Page-fault latency as the guest measures it: host thread vs micro-VM (vs page server).
     VmFault(bench_vm::Args),
+    /// One workload on all-DRAM, the kernel's swap and vmtier's policies at several DRAM shares.
+    Tiering(bench_tiering::Args),
 }
 
 /// Options shared by `demo` and `run`; they override the file's values.
@@ -94,9 +107,12 @@ struct JobOpts {
     /// DRAM budget, e.g. 256MiB.
     #[arg(long)]
     dram: Option<ByteSize>,
-    /// Workload: zipf, scan, uniform or phases; kv or bfs with the micro-VM guest.
+    /// Workload: zipf, scan, uniform, phases or trace; kv or bfs with the micro-VM guest.
     #[arg(long)]
     workload: Option<String>,
+    /// The page trace (`vmtier trace import`) or lackey output to replay; implies `--workload trace`.
+    #[arg(long)]
+    trace: Option<PathBuf>,
     /// Which guest runs it: the KVM micro-VM (`vm`), host threads (`in-process`), or `auto`
     /// (the micro-VM where /dev/kvm is usable).
     #[arg(long, value_enum)]
@@ -128,6 +144,14 @@ impl JobOpts {
         }
         if let Some(w) = &self.workload {
             cfg.workload.kind = w.clone();
+        }
+        if let Some(t) = &self.trace {
+            anyhow::ensure!(
+                self.workload.as_deref().is_none_or(|w| w == "trace"),
+                "--trace replays a trace: it goes with --workload trace (or no --workload)"
+            );
+            cfg.workload.kind = "trace".into();
+            cfg.workload.trace = Some(t.clone());
         }
         if let Some(g) = self.guest {
             cfg.workload.guest = g;
@@ -218,6 +242,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench_vm::run(&args)?;
             true
         }
+        Command::Bench { bench: Bench::Tiering(args) } => {
+            bench_tiering::run(&args)?;
+            true
+        }
+        Command::Trace { trace } => {
+            trace_cmd::run(&trace)?;
+            true
+        }
+        Command::BaselineChild(args) => baseline::child::run(&args)?,
     };
     Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

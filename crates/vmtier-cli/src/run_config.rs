@@ -17,12 +17,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use vmtier_engine::{ByteSize, EngineConfig};
 use vmtier_vm::{GuestSpec, GuestWorkload};
-use vmtier_workload::{WorkloadConfig, WorkloadKind};
+use vmtier_workload::{PageTrace, WorkloadConfig, WorkloadKind};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,8 +63,12 @@ impl Default for RunConfig {
 pub struct WorkloadSection {
     /// Which guest runs the workload.
     pub guest: GuestChoice,
-    /// `zipf`, `scan`, `uniform` or `phases`; with the micro-VM guest also `kv` and `bfs`.
+    /// `zipf`, `scan`, `uniform`, `phases` or `trace`; with the micro-VM guest also `kv` and `bfs`.
     pub kind: String,
+    /// `trace`: the page trace (`vmtier trace import`) or lackey output to replay.
+    pub trace: Option<PathBuf>,
+    #[serde(skip)]
+    loaded: TraceCache,
     /// Zipf skew.
     pub skew: f64,
     /// Scan passes.
@@ -90,6 +95,8 @@ impl Default for WorkloadSection {
         Self {
             guest: GuestChoice::Auto,
             kind: "zipf".into(),
+            trace: None,
+            loaded: TraceCache::default(),
             skew: vmtier_workload::config::DEFAULT_SKEW,
             passes: vmtier_workload::config::DEFAULT_PASSES,
             hot_fraction: vmtier_workload::config::DEFAULT_HOT_FRACTION,
@@ -115,7 +122,38 @@ pub enum GuestChoice {
     InProcess,
 }
 
+/// A trace and the file it was loaded from.
+type LoadedTrace = (PathBuf, Arc<PageTrace>);
+
+/// The trace of `kind = "trace"` once loaded, so validation and the run read the file once.
+#[derive(Debug, Clone, Default)]
+struct TraceCache(Arc<Mutex<Option<LoadedTrace>>>);
+
 impl WorkloadSection {
+    /// `trace`, which `kind = "trace"` needs.
+    fn trace_path(&self) -> anyhow::Result<&PathBuf> {
+        self.trace.as_ref().context(
+            "`workload.kind` = \"trace\" needs `workload.trace` = \"FILE\" (--trace FILE): a page trace from \
+             `vmtier trace import`, or valgrind lackey output",
+        )
+    }
+
+    /// The trace of `kind = "trace"`, loaded (once) from `trace`.
+    pub fn load_trace(&self) -> anyhow::Result<Arc<PageTrace>> {
+        let path = self.trace_path()?;
+        let mut cache = self.loaded.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((p, t)) = cache.as_ref()
+            && p == path
+        {
+            return Ok(Arc::clone(t));
+        }
+        let trace = Arc::new(
+            PageTrace::load(path).with_context(|| format!("invalid `workload.trace` = \"{}\"", path.display()))?,
+        );
+        *cache = Some((path.clone(), Arc::clone(&trace)));
+        Ok(trace)
+    }
+
     /// Whether the workload exists only in the micro-VM's guest program.
     pub fn vm_only(&self) -> bool {
         matches!(self.kind.as_str(), "kv" | "bfs")
@@ -133,6 +171,7 @@ impl WorkloadSection {
             zipf_s: self.skew,
             rounds: if workload == GuestWorkload::Phases { self.phases } else { self.passes },
             skip_final_check: false,
+            trace: if workload == GuestWorkload::Trace { Some(self.load_trace()?) } else { None },
         })
     }
 
@@ -150,8 +189,11 @@ impl WorkloadSection {
             "scan" => WorkloadKind::Scan { passes: self.passes },
             "uniform" => WorkloadKind::Uniform,
             "phases" => WorkloadKind::Phases { hot_fraction: self.hot_fraction, phases: self.phases },
+            "trace" => WorkloadKind::Trace { path: self.trace_path()?.clone() },
             other => {
-                bail!("invalid `workload.kind` = \"{other}\": expected one of zipf, scan, uniform, phases, kv, bfs")
+                bail!(
+                    "invalid `workload.kind` = \"{other}\": expected one of zipf, scan, uniform, phases, trace, kv, bfs"
+                )
             }
         };
         Ok(WorkloadConfig {
@@ -224,6 +266,22 @@ impl RunConfig {
         }
         if !(0.0..=1.0).contains(&self.workload.write_fraction) {
             bail!("invalid `workload.write_fraction` = {}: a fraction from 0 to 1", self.workload.write_fraction);
+        }
+        if self.workload.kind == "trace" {
+            let trace = self.workload.load_trace()?;
+            let needed = match self.workload.guest {
+                GuestChoice::Vm => vmtier_vm::runner::trace_ram_bytes(&trace),
+                _ => trace.footprint_bytes(),
+            };
+            if needed > self.engine.memory.0 {
+                bail!(
+                    "invalid `engine.memory` = {} for trace {}: replaying its {} pages needs at least {} (--memory)",
+                    self.engine.memory,
+                    trace.source(),
+                    trace.footprint_pages(),
+                    ByteSize(needed.next_multiple_of(1 << 20))
+                );
+            }
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ fn engine_config(mtm: bool) -> (EngineConfig, tempfile::TempDir) {
 
 fn run_guest(cfg: EngineConfig, kind: WorkloadKind, accesses: u64) -> (WorkloadReport, Snapshot) {
     let engine = Engine::start(cfg).expect("start engine");
-    let wl = WorkloadConfig { kind, accesses, threads: 4, seed: 42, ..WorkloadConfig::default() };
+    let wl = WorkloadConfig { kind: kind.clone(), accesses, threads: 4, seed: 42, ..WorkloadConfig::default() };
     let report = vmtier_workload::run(engine.guest_words(), &wl, &Progress::new())
         .unwrap_or_else(|e| panic!("{kind} workload: {e}"));
     (report, engine.shutdown())
@@ -50,8 +50,9 @@ fn check(kind: WorkloadKind, report: &WorkloadReport, snap: &Snapshot) {
 fn cap_holds_with_mtm_uniform_and_zipf() {
     for kind in [WorkloadKind::Uniform, WorkloadKind::zipf()] {
         let (cfg, _dir) = engine_config(true);
+        let k = kind.clone();
         let (report, snap) =
-            with_deadline("guest with mtm", Duration::from_secs(60), move || run_guest(cfg, kind, 20_000));
+            with_deadline("guest with mtm", Duration::from_secs(60), move || run_guest(cfg, k, 20_000));
         check(kind, &report, &snap);
     }
 }
@@ -60,10 +61,11 @@ fn cap_holds_with_mtm_uniform_and_zipf() {
 fn faults_alone_reclaim_without_mtm() {
     for kind in [WorkloadKind::Uniform, WorkloadKind::zipf()] {
         let (cfg, _dir) = engine_config(false);
+        let k = kind.clone();
         let (report, snap) = with_deadline("guest without mtm (direct reclaim)", Duration::from_secs(60), move || {
-            run_guest(cfg, kind, 20_000)
+            run_guest(cfg, k, 20_000)
         });
-        check(kind, &report, &snap);
+        check(kind.clone(), &report, &snap);
         assert!(snap.direct_reclaims > 0, "{kind}: without the MTM only faults reclaim: {snap:?}");
         assert!(snap.faults as usize >= PAGES as usize, "{kind}: {snap:?}");
     }

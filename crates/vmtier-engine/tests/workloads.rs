@@ -42,8 +42,9 @@ fn every_workload_kind_verifies_with_mtm() {
     for kind in [WorkloadKind::zipf(), WorkloadKind::scan(), WorkloadKind::Uniform, WorkloadKind::phases()] {
         let (cfg, _dir) = engine_config(PolicyKind::Hotset);
         let engine = Engine::start(cfg).expect("start engine");
-        let report = vmtier_workload::run(engine.guest_words(), &workload(kind, 10_000, true), &Progress::new())
-            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let report =
+            vmtier_workload::run(engine.guest_words(), &workload(kind.clone(), 10_000, true), &Progress::new())
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert!(report.verified, "{kind}: {report:?}");
         check(kind.name(), &engine.shutdown());
     }
@@ -76,8 +77,9 @@ fn threshold_policy_verifies() {
     for kind in [WorkloadKind::zipf(), WorkloadKind::phases()] {
         let (cfg, _dir) = engine_config(PolicyKind::Threshold);
         let engine = Engine::start(cfg).expect("start engine");
-        let report = vmtier_workload::run(engine.guest_words(), &workload(kind, 10_000, true), &Progress::new())
-            .unwrap_or_else(|e| panic!("threshold {kind}: {e}"));
+        let report =
+            vmtier_workload::run(engine.guest_words(), &workload(kind.clone(), 10_000, true), &Progress::new())
+                .unwrap_or_else(|e| panic!("threshold {kind}: {e}"));
         assert!(report.verified, "threshold {kind}: {report:?}");
         let snap = engine.shutdown();
         assert_eq!(snap.policy, "threshold");

@@ -20,6 +20,7 @@ mod kv;
 mod math;
 mod pages;
 mod rt;
+mod trace;
 mod zipf;
 
 use abi::{BootInfo, GuestReport, status, workload};
@@ -44,6 +45,7 @@ fn main(boot: &BootInfo) -> u64 {
                 pages::run(boot, &mut heap, rep)
             }
             workload::TOUCH => pages::touch(boot, &mut heap, rep),
+            workload::TRACE => trace::run(boot, &mut heap, rep),
             workload::KV => kv::run(boot, &mut heap, rep),
             workload::BFS => bfs::run(boot, &mut heap, rep),
             other => {

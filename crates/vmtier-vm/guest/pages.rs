@@ -8,16 +8,16 @@ use crate::heap::Heap;
 use crate::zipf::{Zipf, scatter};
 use crate::{Progress, gprintln, record_latency, rt};
 
-/// The data pages and their expected versions.
-struct Region {
+/// The data pages and their expected versions (also used by `trace.rs`).
+pub(crate) struct Region {
     versions: *mut u32,
     data: *mut u64,
-    pages: u64,
+    pub(crate) pages: u64,
 }
 
 impl Region {
     /// Splits the heap into a version array and as many pages as fit.
-    fn new(heap: &mut Heap) -> Option<Self> {
+    pub(crate) fn new(heap: &mut Heap) -> Option<Self> {
         let (versions, data, pages) = abi::page_region(heap.next(), heap.end());
         heap.take::<u8>(data + pages * PAGE - heap.next(), 1)?;
         (pages > 0).then_some(Self { versions: versions as *mut u32, data: data as *mut u64, pages })
@@ -39,7 +39,7 @@ impl Region {
     }
 
     /// Verifies page `page`; returns the TSC ticks its first word took (the fault, if any).
-    fn verify(&self, page: u64, rep: &mut GuestReport) -> Result<u64, ()> {
+    pub(crate) fn verify(&self, page: u64, rep: &mut GuestReport) -> Result<u64, ()> {
         let v = self.version(page);
         let t0 = rt::rdtsc();
         // SAFETY: `word` returns an in-bounds, aligned pointer.
@@ -60,7 +60,7 @@ impl Region {
     }
 
     /// Writes the next version of `page`.
-    fn write(&self, page: u64, rep: &mut GuestReport) {
+    pub(crate) fn write(&self, page: u64, rep: &mut GuestReport) {
         let v = next_version(self.version(page));
         for i in 0..WORDS_PER_PAGE {
             // SAFETY: `word` returns an in-bounds, aligned pointer.

@@ -43,6 +43,27 @@ pub enum VmError {
     /// A saved vCPU state could not be decoded.
     #[error("vCPU state: {0}")]
     BadState(String),
+    /// The `trace` workload was asked for without a trace.
+    #[error("the trace workload needs a page trace (GuestSpec::trace; on the command line --trace FILE)")]
+    NoTrace,
+    /// The trace does not fit in guest RAM.
+    #[error(
+        "trace {trace} ({pages} pages, {accesses} accesses) needs {} MiB of guest RAM but the micro-VM has {} \
+         MiB: raise --memory to at least {} MiB",
+        needed >> 20, ram >> 20, needed >> 20
+    )]
+    TraceTooLarge {
+        /// The trace's source.
+        trace: String,
+        /// Its footprint.
+        pages: u32,
+        /// Its accesses.
+        accesses: u64,
+        /// Guest RAM.
+        ram: u64,
+        /// Guest RAM it needs.
+        needed: u64,
+    },
     /// The page server serving this VM's memory went away.
     #[error("the page server died ({0}); guest memory can no longer be served")]
     PageServerDied(String),

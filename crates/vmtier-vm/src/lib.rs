@@ -4,7 +4,8 @@
 //!   port-I/O hypercall ABI ([`abi`]), vCPU state save/restore ([`VcpuState`]) and KVM's dirty
 //!   log ([`MicroVm::take_dirty_pages`]).
 //! - [`GUEST_ELF`]: the freestanding guest program built from `guest/` by `build.rs`, with the
-//!   workloads `zipf`, `scan`, `phases`, `uniform`, `kv` and `bfs`.
+//!   workloads `zipf`, `scan`, `phases`, `uniform`, `kv`, `bfs` and `trace` (a recorded page
+//!   trace, see `docs/traces.md`).
 //! - [`page_server`]: guest memory served from another process over userfaultfd, with
 //!   Firecracker's handshake (`docs/page-server.md`); [`snapshot`]: Firecracker-style snapshot
 //!   files (raw memory, vCPU state).

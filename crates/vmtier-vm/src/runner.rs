@@ -3,10 +3,11 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vmtier_workload::{Phase, Progress, WorkloadReport};
+use vmtier_workload::{PageTrace, Phase, Progress, WorkloadReport};
 
 use crate::abi::{self, GuestReport, phase, workload};
 use crate::elf::GuestImage;
@@ -29,11 +30,14 @@ pub enum GuestWorkload {
     Kv,
     /// Breadth-first search over a generated graph.
     Bfs,
+    /// Replays a page trace ([`GuestSpec::trace`]).
+    Trace,
 }
 
 impl GuestWorkload {
     /// Every workload, in documentation order.
-    pub const ALL: [GuestWorkload; 6] = [Self::Zipf, Self::Scan, Self::Phases, Self::Uniform, Self::Kv, Self::Bfs];
+    pub const ALL: [GuestWorkload; 7] =
+        [Self::Zipf, Self::Scan, Self::Phases, Self::Uniform, Self::Kv, Self::Bfs, Self::Trace];
 
     /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
@@ -44,6 +48,7 @@ impl GuestWorkload {
             Self::Uniform => "uniform",
             Self::Kv => "kv",
             Self::Bfs => "bfs",
+            Self::Trace => "trace",
         }
     }
 
@@ -55,6 +60,7 @@ impl GuestWorkload {
             Self::Uniform => workload::UNIFORM,
             Self::Kv => workload::KV,
             Self::Bfs => workload::BFS,
+            Self::Trace => workload::TRACE,
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct GuestSpec {
     pub rounds: u32,
     /// Skip the final re-read of everything touched.
     pub skip_final_check: bool,
+    /// The page trace the `trace` workload replays (`ops` is then the trace's length).
+    pub trace: Option<Arc<PageTrace>>,
 }
 
 impl Default for GuestSpec {
@@ -106,6 +114,7 @@ impl Default for GuestSpec {
             zipf_s: 0.99,
             rounds: 1,
             skip_final_check: false,
+            trace: None,
         }
     }
 }
@@ -240,6 +249,43 @@ pub fn boot_info_for(vm: &MicroVm<'_>, spec: &GuestSpec) -> abi::BootInfo {
     boot
 }
 
+/// Guest RAM the `trace` workload needs for `trace`: the fixed layout, the footprint's data
+/// pages and versions, and the access list (rounded up to 2 MiB, as the VM requires).
+pub fn trace_ram_bytes(trace: &PageTrace) -> u64 {
+    let pages = u64::from(trace.footprint_pages());
+    let list = (trace.len() as u64 * 4).next_multiple_of(abi::PAGE);
+    (abi::HEAP_GPA + 2 * abi::PAGE + pages * (abi::PAGE + 4) + list).next_multiple_of(2 << 20).max(abi::MIN_RAM)
+}
+
+/// Writes `spec.trace`'s accesses at the top of guest RAM, shrinks the heap below them and
+/// points `boot` at them.
+fn place_trace(vm: &MicroVm<'_>, spec: &GuestSpec, boot: &mut abi::BootInfo) -> Result<(), VmError> {
+    let trace = spec.trace.as_deref().ok_or(VmError::NoTrace)?;
+    let list_bytes = (trace.len() as u64 * 4).next_multiple_of(abi::PAGE);
+    let needed = trace_ram_bytes(trace);
+    let gpa = boot.heap_end.checked_sub(list_bytes).filter(|&g| g > boot.heap_start);
+    let region_pages = gpa.map_or(0, |g| abi::page_region(boot.heap_start, g).2);
+    let (Some(gpa), true) = (gpa, region_pages >= u64::from(trace.footprint_pages())) else {
+        return Err(VmError::TraceTooLarge {
+            trace: trace.source().to_string(),
+            pages: trace.footprint_pages(),
+            accesses: trace.len() as u64,
+            ram: vm.ram().len(),
+            needed,
+        });
+    };
+    for (i, chunk) in trace.packed().chunks(1 << 16).enumerate() {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|e| e.to_le_bytes()).collect();
+        vm.ram().write(gpa + (i as u64) * (4 << 16), &bytes)?;
+    }
+    boot.heap_end = gpa;
+    boot.trace_gpa = gpa;
+    boot.trace_count = trace.len() as u64;
+    boot.trace_pages = trace.footprint_pages();
+    boot.ops = trace.len() as u64;
+    Ok(())
+}
+
 /// Folds the guest's per-stage progress into a [`Progress`] (cumulative over stages).
 #[derive(Debug, Default)]
 pub struct ProgressSink {
@@ -284,7 +330,10 @@ impl ProgressSink {
 /// progress. Guest output lines are logged and kept in the outcome.
 pub fn run_guest(vm: &mut MicroVm<'_>, spec: &GuestSpec, progress: &Progress) -> Result<GuestOutcome, VmError> {
     let image = GuestImage::parse(crate::GUEST_ELF)?;
-    let boot = boot_info_for(vm, spec);
+    let mut boot = boot_info_for(vm, spec);
+    if spec.workload == GuestWorkload::Trace {
+        place_trace(vm, spec, &mut boot)?;
+    }
     vm.boot(&image, &boot)?;
     let started = Instant::now();
     let mut sink = ProgressSink::new();

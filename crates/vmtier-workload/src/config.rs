@@ -1,6 +1,7 @@
 //! Workload configuration and its validation.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -33,9 +34,9 @@ fn default_phases() -> u32 {
 /// Which access pattern the guest runs.
 ///
 /// Parsed from `zipf`, `scan`, `uniform`, `phases` (defaults), or with parameters:
-/// `zipf:1.2` (skew), `scan:5` (passes), `phases:0.2:8` (hot fraction, phases).
-/// `Display` prints the bare name.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// `zipf:1.2` (skew), `scan:5` (passes), `phases:0.2:8` (hot fraction, phases), and
+/// `trace:FILE`. `Display` prints the bare name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum WorkloadKind {
     /// Page popularity follows Zipf(`skew`); hot pages are scattered over the region.
@@ -61,10 +62,18 @@ pub enum WorkloadKind {
         #[serde(default = "default_phases")]
         phases: u32,
     },
+    /// Replays a recorded page trace over its footprint (the first `footprint` pages): a
+    /// binary trace from `vmtier trace import`, or valgrind lackey output (plain or `.gz`)
+    /// imported on load. See [`crate::trace`].
+    Trace {
+        /// The trace file.
+        path: PathBuf,
+    },
 }
 
 impl WorkloadKind {
-    /// All names accepted by `FromStr`.
+    /// The names of the generated patterns, each accepted by `FromStr` alone (`trace` needs a
+    /// file: `trace:FILE`).
     pub const NAMES: [&'static str; 4] = ["zipf", "scan", "uniform", "phases"];
 
     /// Zipf with the default skew.
@@ -82,13 +91,14 @@ impl WorkloadKind {
         WorkloadKind::Phases { hot_fraction: DEFAULT_HOT_FRACTION, phases: DEFAULT_PHASES }
     }
 
-    /// The bare name: `zipf`, `scan`, `uniform` or `phases`.
+    /// The bare name: `zipf`, `scan`, `uniform`, `phases` or `trace`.
     pub fn name(&self) -> &'static str {
         match self {
             WorkloadKind::Zipf { .. } => "zipf",
             WorkloadKind::Scan { .. } => "scan",
             WorkloadKind::Uniform => "uniform",
             WorkloadKind::Phases { .. } => "phases",
+            WorkloadKind::Trace { .. } => "trace",
         }
     }
 
@@ -111,6 +121,9 @@ impl WorkloadKind {
                 Err(config_err("phases hot fraction", hot_fraction, "in (0, 1]"))
             }
             WorkloadKind::Phases { phases: 0, .. } => Err(config_err("phases count", 0, "≥ 1")),
+            WorkloadKind::Trace { ref path } if path.as_os_str().is_empty() => {
+                Err(config_err("trace file", "\"\"", "a page trace or lackey file"))
+            }
             _ => Ok(()),
         }
     }
@@ -132,10 +145,17 @@ impl FromStr for WorkloadKind {
     type Err = WorkloadError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            config_err("workload", s, "zipf[:SKEW], scan[:PASSES], uniform, phases[:HOT_FRACTION[:PHASES]], trace:FILE")
+        };
+        if let Some(path) = s.trim_start().strip_prefix("trace:") {
+            let kind = WorkloadKind::Trace { path: PathBuf::from(path) };
+            kind.validate()?;
+            return Ok(kind);
+        }
         let mut parts = s.trim().split(':');
         let name = parts.next().unwrap_or_default().to_ascii_lowercase();
         let args: Vec<&str> = parts.collect();
-        let bad = || config_err("workload", s, "zipf[:SKEW], scan[:PASSES], uniform, phases[:HOT_FRACTION[:PHASES]]");
         let num = |i: usize| -> Result<Option<f64>, WorkloadError> {
             args.get(i).map(|a| a.trim().parse::<f64>().map_err(|_| bad())).transpose()
         };
@@ -170,7 +190,7 @@ pub struct WorkloadConfig {
     /// The access pattern.
     pub kind: WorkloadKind,
     /// Total page accesses of the access stage, over all threads (ignored by `scan`, whose
-    /// count is `passes × pages`).
+    /// count is `passes × pages`, and by `trace`, which replays the whole trace once).
     pub accesses: u64,
     /// Worker threads (≥ 1, at most one per page). Each owns a contiguous range of pages.
     pub threads: usize,
@@ -255,7 +275,12 @@ mod tests {
             "phases:0.2:8".parse::<WorkloadKind>().unwrap(),
             WorkloadKind::Phases { hot_fraction: 0.2, phases: 8 }
         );
-        for bad in ["", "lru", "zipf:0", "zipf:x", "scan:0", "phases:1.5", "uniform:3"] {
+        assert_eq!(
+            "trace:/tmp/a:b.vmtrace".parse::<WorkloadKind>().unwrap(),
+            WorkloadKind::Trace { path: "/tmp/a:b.vmtrace".into() }
+        );
+        assert_eq!("trace:x".parse::<WorkloadKind>().unwrap().to_string(), "trace");
+        for bad in ["", "lru", "zipf:0", "zipf:x", "scan:0", "phases:1.5", "uniform:3", "trace", "trace:"] {
             assert!(bad.parse::<WorkloadKind>().is_err(), "{bad}");
         }
         for name in WorkloadKind::NAMES {

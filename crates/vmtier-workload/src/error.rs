@@ -1,5 +1,7 @@
 //! Errors of a workload run.
 
+use crate::trace::SharedTraceError;
+
 /// What went wrong while running a workload.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WorkloadError {
@@ -39,6 +41,23 @@ pub enum WorkloadError {
         thread: usize,
         /// The panic message, if it was a string.
         message: String,
+    },
+    /// The trace of a `trace` workload could not be loaded.
+    #[error(transparent)]
+    Trace(#[from] SharedTraceError),
+    /// The trace touches more pages than the guest region has.
+    #[error(
+        "trace {trace} touches {footprint} pages ({mib} MiB) but the guest has only {pages} pages: give the \
+         guest at least {mib} MiB of memory (--memory)",
+        mib = (footprint * crate::PAGE_SIZE).div_ceil(1 << 20)
+    )]
+    TraceTooLarge {
+        /// The trace's source.
+        trace: String,
+        /// Its footprint in pages.
+        footprint: usize,
+        /// Pages of the region.
+        pages: usize,
     },
     /// The caller set [`crate::Progress::stop`].
     #[error("workload cancelled after {done} operations")]

@@ -6,19 +6,23 @@
 //! mismatch sets a shared abort flag; the other threads stop within one page access and the
 //! mismatch is returned. A panicking worker also raises the flag (from a drop guard) and is
 //! reported as [`WorkloadError::WorkerPanicked`].
+//!
+//! A `trace` workload runs over the first `footprint` pages of the region (the rest is left
+//! alone) and replays the trace: see [`crate::trace::replay`].
 
 use std::ops::Range;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::config::{WorkloadConfig, config_err};
+use crate::config::{WorkloadConfig, WorkloadKind, config_err};
 use crate::error::WorkloadError;
-use crate::pattern::{self, planned_accesses};
+use crate::pattern::{self, AccessPattern, planned_accesses};
 use crate::progress::{Phase, Progress};
 use crate::report::WorkloadReport;
 use crate::rng::{Xoshiro256, mix64};
-use crate::verify::{next_version, verify_page, write_page};
+use crate::trace::{PageTrace, SharedTraceError, TracePattern};
+use crate::verify::{WORDS_PER_PAGE, next_version, verify_page, write_page};
 
 /// Progress is published every this many page operations per thread.
 const PROGRESS_BATCH: u64 = 64;
@@ -32,6 +36,8 @@ pub struct Guest<'m> {
     versions: Vec<u32>,
     touched: Vec<bool>,
     stats: Stats,
+    /// The trace a `trace` workload replays, and its access count in each thread's range.
+    trace: Option<(Arc<PageTrace>, Vec<u64>)>,
     #[cfg(test)]
     pub(crate) panic_in_thread: Option<usize>,
 }
@@ -190,15 +196,63 @@ where
 
 impl<'m> Guest<'m> {
     /// A guest over `mem` that has never written anything (every page expected all zeros).
+    /// A `trace` workload loads its trace here.
     pub fn new(mem: &'m [AtomicU64], cfg: WorkloadConfig) -> Result<Self, WorkloadError> {
+        let (mem, trace) = Self::resolve(mem, &cfg, None)?;
         let pages = cfg.validate(mem.len())?;
-        Self::with_versions(mem, cfg, vec![0; pages])
+        Self::build(mem, cfg, vec![0; pages], trace)
+    }
+
+    /// A guest replaying an already loaded `trace` over the first `trace.footprint_pages()`
+    /// pages of `mem` (`cfg.kind` becomes `trace` if it is not).
+    pub fn with_trace(
+        mem: &'m [AtomicU64],
+        mut cfg: WorkloadConfig,
+        trace: Arc<PageTrace>,
+    ) -> Result<Self, WorkloadError> {
+        if !matches!(cfg.kind, WorkloadKind::Trace { .. }) {
+            cfg.kind = WorkloadKind::Trace { path: trace.source().into() };
+        }
+        let (mem, trace) = Self::resolve(mem, &cfg, Some(trace))?;
+        let pages = cfg.validate(mem.len())?;
+        Self::build(mem, cfg, vec![0; pages], trace)
     }
 
     /// A guest resuming from a known expected-version table (one entry per page, 0 = all
     /// zeros), e.g. the [`versions`](Self::versions) of an earlier guest over the same region.
     /// Pages with a non-zero version count as touched (the final check re-reads them).
     pub fn with_versions(mem: &'m [AtomicU64], cfg: WorkloadConfig, versions: Vec<u32>) -> Result<Self, WorkloadError> {
+        let (mem, trace) = Self::resolve(mem, &cfg, None)?;
+        Self::build(mem, cfg, versions, trace)
+    }
+
+    /// For a `trace` workload: loads the trace (unless given) and narrows `mem` to its footprint.
+    fn resolve(
+        mem: &'m [AtomicU64],
+        cfg: &WorkloadConfig,
+        loaded: Option<Arc<PageTrace>>,
+    ) -> Result<(&'m [AtomicU64], Option<Arc<PageTrace>>), WorkloadError> {
+        let WorkloadKind::Trace { path } = &cfg.kind else {
+            return Ok((mem, None));
+        };
+        let trace = match loaded {
+            Some(t) => t,
+            None => Arc::new(PageTrace::load(path).map_err(SharedTraceError::from)?),
+        };
+        let footprint = trace.footprint_pages() as usize;
+        let pages = mem.len() / WORDS_PER_PAGE;
+        if footprint > pages {
+            return Err(WorkloadError::TraceTooLarge { trace: path.display().to_string(), footprint, pages });
+        }
+        Ok((&mem[..footprint * WORDS_PER_PAGE], Some(trace)))
+    }
+
+    fn build(
+        mem: &'m [AtomicU64],
+        cfg: WorkloadConfig,
+        versions: Vec<u32>,
+        trace: Option<Arc<PageTrace>>,
+    ) -> Result<Self, WorkloadError> {
         let pages = cfg.validate(mem.len())?;
         if versions.len() != pages {
             return Err(config_err(
@@ -207,13 +261,19 @@ impl<'m> Guest<'m> {
                 &format!("exactly the region's page count ({pages})"),
             ));
         }
+        let ranges = partition(pages, cfg.threads);
+        let trace = trace.map(|t| {
+            let counts = ranges.iter().map(|r| TracePattern::new(Arc::clone(&t), r.clone()).total()).collect();
+            (t, counts)
+        });
         Ok(Self {
             mem,
-            ranges: partition(pages, cfg.threads),
+            ranges,
             touched: versions.iter().map(|&v| v != 0).collect(),
             versions,
             cfg,
             stats: Stats { final_check_passed: false, ..Stats::default() },
+            trace,
             #[cfg(test)]
             panic_in_thread: None,
         })
@@ -265,7 +325,10 @@ impl<'m> Guest<'m> {
     }
 
     fn planned_for_thread(&self, t: usize) -> u64 {
-        planned_accesses(&self.cfg.kind, self.ranges[t].len(), self.accesses_for_thread(t))
+        match &self.trace {
+            Some((_, counts)) => counts[t],
+            None => planned_accesses(&self.cfg.kind, self.ranges[t].len(), self.accesses_for_thread(t)),
+        }
     }
 
     fn begin_stage(progress: &Progress, phase: Phase, ops: u64) {
@@ -329,12 +392,14 @@ impl<'m> Guest<'m> {
     }
 
     /// Runs the configured access pattern: every access verifies all 512 words of the page
-    /// and, with probability `write_fraction`, writes the next version.
+    /// and, with probability `write_fraction` (for a trace: if the trace says so), writes the
+    /// next version.
     pub fn access(&mut self, progress: &Progress) -> Result<(), WorkloadError> {
         Self::begin_stage(progress, Phase::Access, self.planned_access_total());
         let start = Instant::now();
         let ctx = Ctx { mem: self.mem, progress, abort: AtomicBool::new(false), first_error: OnceLock::new() };
-        let kind = self.cfg.kind;
+        let kind = self.cfg.kind.clone();
+        let trace = self.trace.as_ref().map(|(t, _)| Arc::clone(t));
         let seed = self.cfg.seed;
         let write_fraction = self.cfg.write_fraction;
         let phase_count = kind.phase_count();
@@ -348,7 +413,15 @@ impl<'m> Guest<'m> {
                 panic!("injected test panic in thread {t}");
             }
             let stream = mix64(seed ^ mix64(t as u64 + 1));
-            let mut pattern = pattern::build(&kind, versions.len(), per_thread[t], stream);
+            let mut pattern: Box<dyn AccessPattern> = match &trace {
+                Some(tr) => Box::new(TracePattern::new(Arc::clone(tr), first..first + versions.len())),
+                None => match pattern::build(&kind, versions.len(), per_thread[t], stream) {
+                    Some(p) => p,
+                    None => {
+                        return Err(ctx.fail(config_err("workload", &kind, "a generated pattern or a loaded trace")));
+                    }
+                },
+            };
             let mut write_rng = Xoshiro256::for_stream(seed, !(t as u64));
             let mut out = ThreadOut {
                 phase_counts: vec![0; phase_count],
@@ -377,7 +450,7 @@ impl<'m> Guest<'m> {
                 let v = &mut versions[a.page];
                 verify_page(ctx.mem, page, *v).map_err(|m| ctx.fail(m.into()))?;
                 out.reads += 1;
-                if write_rng.chance(write_fraction) {
+                if a.write.unwrap_or_else(|| write_rng.chance(write_fraction)) {
                     *v = next_version(*v);
                     write_page(ctx.mem, page, *v);
                     out.writes += 1;
@@ -542,7 +615,7 @@ mod tests {
             for threads in [1, 3] {
                 let mem = region(PAGES);
                 let progress = Progress::new();
-                let c = cfg(kind, threads);
+                let c = cfg(kind.clone(), threads);
                 let r = run(&mem, &c, &progress).unwrap();
                 let accesses = match kind {
                     WorkloadKind::Scan { passes } => u64::from(passes) * PAGES as u64,
@@ -590,7 +663,7 @@ mod tests {
     fn zero_region_without_populate_verifies_version_zero() {
         for kind in kinds() {
             let mem = region(PAGES);
-            let c = WorkloadConfig { populate: false, write_fraction: 0.0, ..cfg(kind, 3) };
+            let c = WorkloadConfig { populate: false, write_fraction: 0.0, ..cfg(kind.clone(), 3) };
             let r = run(&mem, &c, &Progress::new()).unwrap();
             assert!(r.verified && r.writes == 0, "{kind}: {r:?}");
             assert!(mem.iter().all(|w| w.load(Ordering::Relaxed) == 0));
@@ -623,13 +696,13 @@ mod tests {
             for threads in [1, 3] {
                 let mem = region(PAGES);
                 let p = Progress::new();
-                let mut g = Guest::new(&mem, cfg(kind, threads)).unwrap();
+                let mut g = Guest::new(&mem, cfg(kind.clone(), threads)).unwrap();
                 g.populate(&p).unwrap();
                 let versions = g.into_versions();
                 assert!(versions.iter().all(|&v| v == 1));
                 flip(&mem, 77, 300);
                 // Resume in a new guest from the saved table.
-                let c = WorkloadConfig { populate: false, ..cfg(kind, threads) };
+                let c = WorkloadConfig { populate: false, ..cfg(kind.clone(), threads) };
                 let mut g = Guest::with_versions(&mem, c, versions).unwrap();
                 let err = g.access(&p).and_then(|()| g.final_check(&p).map(drop)).unwrap_err();
                 assert_eq!(mismatch_page(&err), 77, "{kind}/{threads}");
@@ -765,5 +838,68 @@ mod tests {
         let r = run(&mem, &c, &Progress::new()).unwrap();
         assert_eq!(r.phase_throughput.len(), 5);
         assert!(r.phase_throughput.iter().all(|&t| t > 0.0), "{r:?}");
+    }
+
+    /// A trace over 40 pages: a scan of writes, then a strided read pattern with writes.
+    fn small_trace() -> PageTrace {
+        use crate::trace::TraceAccess;
+        let first = (0..40).map(|page| TraceAccess { page, write: true });
+        let then = (0..300u32).map(|i| TraceAccess { page: (i * 7) % 40, write: i % 3 == 0 });
+        PageTrace::from_accesses("small", 40, first.chain(then)).unwrap()
+    }
+
+    #[test]
+    fn a_trace_replays_over_its_footprint() {
+        let trace = small_trace();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small.vmtrace");
+        trace.save(&path).unwrap();
+        for threads in [1, 3] {
+            for populate in [true, false] {
+                let mem = region(64);
+                let c = WorkloadConfig {
+                    kind: WorkloadKind::Trace { path: path.clone() },
+                    populate,
+                    ..cfg(WorkloadKind::Uniform, threads)
+                };
+                let r = run(&mem, &c, &Progress::new()).unwrap();
+                assert!(r.verified, "{threads}/{populate}: {r:?}");
+                assert_eq!((r.kind.as_str(), r.pages, r.accesses), ("trace", 40, 340));
+                let populated = if populate { 40 } else { 0 };
+                assert_eq!(r.writes, populated + trace.writes(), "the trace decides which accesses write");
+                assert_eq!(r.pages_touched, 40);
+                // Pages past the footprint are never touched.
+                assert!(mem[40 * WORDS_PER_PAGE..].iter().all(|w| w.load(Ordering::Relaxed) == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_trace_replay_catches_corruption() {
+        let trace = Arc::new(small_trace());
+        let mem = region(40);
+        let p = Progress::new();
+        let c = WorkloadConfig { populate: true, ..cfg(WorkloadKind::Uniform, 2) };
+        let mut g = Guest::with_trace(&mem, c, Arc::clone(&trace)).unwrap();
+        assert_eq!(g.config().kind.name(), "trace");
+        g.populate(&p).unwrap();
+        flip(&mem, 13, 5);
+        let err = g.access(&p).unwrap_err();
+        assert_eq!(mismatch_page(&err), 13);
+    }
+
+    #[test]
+    fn a_trace_needs_memory_for_its_footprint_and_a_readable_file() {
+        let mem = region(16);
+        let err = Guest::with_trace(&mem, WorkloadConfig::default(), Arc::new(small_trace())).unwrap_err();
+        assert!(matches!(err, WorkloadError::TraceTooLarge { footprint: 40, pages: 16, .. }), "{err}");
+        assert!(err.to_string().contains("at least 1 MiB"), "{err}");
+        let c = WorkloadConfig {
+            kind: WorkloadKind::Trace { path: "/nonexistent/t.vmtrace".into() },
+            ..cfg(WorkloadKind::Uniform, 1)
+        };
+        let err = Guest::new(&mem, c).unwrap_err();
+        assert!(matches!(err, WorkloadError::Trace(_)), "{err}");
+        assert!(err.to_string().contains("/nonexistent/t.vmtrace"), "{err}");
     }
 }

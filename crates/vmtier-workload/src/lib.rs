@@ -8,6 +8,9 @@
 //! access) writes the next version. Any corruption, loss, stale copy or misplacement of a page
 //! by the tiering engine is therefore reported as [`WorkloadError::Mismatch`] naming the page.
 //!
+//! Besides generated patterns, the guest replays page traces of real programs ([`trace`]:
+//! valgrind lackey import, a compact binary format, statistics).
+//!
 //! ```
 //! use std::sync::atomic::AtomicU64;
 //! use vmtier_workload::{run, Progress, WorkloadConfig, WorkloadKind, WORDS_PER_PAGE};
@@ -29,6 +32,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod scan;
+pub mod trace;
 pub mod uniform;
 pub mod verify;
 pub mod zipf;
@@ -39,5 +43,6 @@ pub use guest::{Guest, run};
 pub use pattern::{Access, AccessPattern};
 pub use progress::{Phase, Progress};
 pub use report::WorkloadReport;
+pub use trace::{PageTrace, TraceAccess, TraceError};
 pub use verify::{PAGE_SIZE, WORDS_PER_PAGE, verify_all};
 pub use zipf::ZipfSampler;

@@ -3,7 +3,8 @@
 //! A pattern produces page indices *local* to one thread's range (`0..pages`); the guest adds
 //! the range's first page. Implementations: [`ZipfPattern`](crate::zipf::ZipfPattern),
 //! [`ScanPattern`](crate::scan::ScanPattern), [`UniformPattern`](crate::uniform::UniformPattern),
-//! [`PhasesPattern`](crate::phases::PhasesPattern).
+//! [`PhasesPattern`](crate::phases::PhasesPattern), and [`TracePattern`](crate::trace::TracePattern)
+//! replaying a recorded trace.
 
 use std::fmt;
 
@@ -20,6 +21,9 @@ pub struct Access {
     pub page: usize,
     /// Phase the access belongs to (always 0 except for `phases`).
     pub phase: usize,
+    /// Whether the access writes, when the pattern decides (a trace); `None` lets the guest
+    /// decide by its `write_fraction`.
+    pub write: Option<bool>,
 }
 
 /// A finite, deterministic sequence of page accesses over `0..pages`.
@@ -32,7 +36,8 @@ pub trait AccessPattern: Send + fmt::Debug {
 }
 
 /// How many accesses a thread owning `pages` pages makes when asked for `accesses`
-/// (`scan` ignores `accesses` and makes `passes × pages`).
+/// (`scan` ignores `accesses` and makes `passes × pages`; a `trace` makes as many as the trace
+/// has in the thread's range, which only [`TracePattern`](crate::trace::TracePattern) knows).
 pub fn planned_accesses(kind: &WorkloadKind, pages: usize, accesses: u64) -> u64 {
     match *kind {
         WorkloadKind::Scan { passes } => u64::from(passes) * pages as u64,
@@ -40,16 +45,19 @@ pub fn planned_accesses(kind: &WorkloadKind, pages: usize, accesses: u64) -> u64
     }
 }
 
-/// Builds the pattern of `kind` for one thread owning `pages` pages (`pages` ≥ 1).
-pub fn build(kind: &WorkloadKind, pages: usize, accesses: u64, seed: u64) -> Box<dyn AccessPattern> {
-    match *kind {
+/// Builds the pattern of a generated `kind` for one thread owning `pages` pages (`pages` ≥ 1);
+/// `None` for `trace`, which replays a loaded file through
+/// [`TracePattern`](crate::trace::TracePattern).
+pub fn build(kind: &WorkloadKind, pages: usize, accesses: u64, seed: u64) -> Option<Box<dyn AccessPattern>> {
+    Some(match *kind {
         WorkloadKind::Zipf { skew } => Box::new(ZipfPattern::new(pages, skew, accesses, seed)),
         WorkloadKind::Scan { passes } => Box::new(ScanPattern::new(pages, passes)),
         WorkloadKind::Uniform => Box::new(UniformPattern::new(pages, accesses, seed)),
         WorkloadKind::Phases { hot_fraction, phases } => {
             Box::new(PhasesPattern::new(pages, hot_fraction, phases, accesses, seed))
         }
-    }
+        WorkloadKind::Trace { .. } => return None,
+    })
 }
 
 #[cfg(test)]
@@ -59,13 +67,14 @@ mod tests {
     #[test]
     fn every_kind_yields_total_in_range_accesses() {
         for kind in [WorkloadKind::zipf(), WorkloadKind::scan(), WorkloadKind::Uniform, WorkloadKind::phases()] {
-            let mut p = build(&kind, 37, 1000, 5);
+            let mut p = build(&kind, 37, 1000, 5).unwrap();
             let total = planned_accesses(&kind, 37, 1000);
             assert_eq!(p.total(), total, "{kind}");
             let mut n = 0;
             while let Some(a) = p.next_access() {
                 assert!(a.page < 37, "{kind}: {a:?}");
                 assert!(a.phase < kind.phase_count(), "{kind}: {a:?}");
+                assert_eq!(a.write, None, "{kind}: generated patterns leave writes to the guest");
                 n += 1;
             }
             assert_eq!(n, total, "{kind}");

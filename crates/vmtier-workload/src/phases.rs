@@ -70,7 +70,7 @@ impl AccessPattern for PhasesPattern {
         } else {
             self.rng.below(self.pages as u64) as usize
         };
-        Some(Access { page, phase })
+        Some(Access { page, phase, write: None })
     }
 }
 

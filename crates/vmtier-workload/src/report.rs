@@ -1,9 +1,9 @@
 //! The result of a run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a guest did and how fast. Produced only by runs in which every read verified.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadReport {
     /// Workload name (`zipf`, `scan`, …).
     pub kind: String,

@@ -28,7 +28,7 @@ impl AccessPattern for ScanPattern {
         }
         let page = (self.next % self.pages as u64) as usize;
         self.next += 1;
-        Some(Access { page, phase: 0 })
+        Some(Access { page, phase: 0, write: None })
     }
 }
 

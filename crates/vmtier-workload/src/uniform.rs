@@ -30,7 +30,7 @@ impl AccessPattern for UniformPattern {
             return None;
         }
         self.remaining -= 1;
-        Some(Access { page: self.rng.below(self.pages) as usize, phase: 0 })
+        Some(Access { page: self.rng.below(self.pages) as usize, phase: 0, write: None })
     }
 }
 

@@ -134,7 +134,7 @@ impl AccessPattern for ZipfPattern {
         }
         self.remaining -= 1;
         let rank = self.sampler.sample(&mut self.rng);
-        Some(Access { page: self.page_of_rank(rank), phase: 0 })
+        Some(Access { page: self.page_of_rank(rank), phase: 0, write: None })
     }
 }
 
