@@ -22,7 +22,7 @@ use serde::Serialize;
 use vmtier_engine::{ByteSize, Engine, EngineConfig, PolicyKind, Snapshot};
 use vmtier_workload::{Phase, Progress, WorkloadConfig, WorkloadKind};
 
-use crate::baseline::child::{self, ChildEnd, ChildSpec};
+use crate::baseline::child::{self, ChildEnd, ChildReport, ChildSpec};
 use crate::baseline::disk::{self, DiskRate};
 use crate::baseline::kernel_swap::{self, KernelSwapConfig, Outcome};
 use crate::baseline::signals::{self, InterruptGuard};
@@ -281,6 +281,40 @@ fn snapshot_counters(before: Option<&Snapshot>, after: &Snapshot, end: &Snapshot
     })
 }
 
+/// The row of a child process that completed (all-DRAM or kernel swap); storage reads are its
+/// major faults during the access stage. `cgroup` adds the kernel run's cgroup statistics.
+fn child_run(
+    system: &str,
+    dram_fraction: f64,
+    dram_bytes: u64,
+    round: u32,
+    r: &ChildReport,
+    cgroup: Option<serde_json::Value>,
+) -> Run {
+    let mut counters = serde_json::json!({
+        "access_major_faults": r.access_major_faults,
+        "access_minor_faults": r.access_minor_faults,
+        "max_rss_bytes": r.max_rss_bytes,
+    });
+    if let Some(stats) = cgroup {
+        counters["cgroup"] = stats;
+    }
+    Run {
+        system: system.into(),
+        dram_fraction,
+        dram_bytes,
+        round,
+        status: Status::Ok,
+        accesses: r.report.accesses,
+        access_secs: r.report.access_secs,
+        accesses_per_sec: r.report.access_throughput_per_sec,
+        storage_reads: Some(r.access_major_faults),
+        verified: r.report.verified,
+        detail: None,
+        counters,
+    }
+}
+
 /// Everything one bench needs to start a run.
 struct Ctx<'a> {
     args: &'a Args,
@@ -309,24 +343,7 @@ impl Ctx<'_> {
                 anyhow::bail!("the all-DRAM child failed ({status}); its last output:\n{}", f.stderr_tail)
             }
         };
-        Ok(Run {
-            system: ALL_DRAM.into(),
-            dram_fraction: 1.0,
-            dram_bytes: self.args.memory.0,
-            round,
-            status: Status::Ok,
-            accesses: r.report.accesses,
-            access_secs: r.report.access_secs,
-            accesses_per_sec: r.report.access_throughput_per_sec,
-            storage_reads: Some(r.access_major_faults),
-            verified: r.report.verified,
-            detail: None,
-            counters: serde_json::json!({
-                "access_major_faults": r.access_major_faults,
-                "access_minor_faults": r.access_minor_faults,
-                "max_rss_bytes": r.max_rss_bytes,
-            }),
-        })
+        Ok(child_run(ALL_DRAM, 1.0, self.args.memory.0, round, &r, None))
     }
 
     fn kernel(
@@ -353,25 +370,7 @@ impl Ctx<'_> {
         };
         let stats = serde_json::to_value(&kr.stats)?;
         let run = match &kr.outcome {
-            Outcome::Completed(r) => Run {
-                system: KERNEL.into(),
-                dram_fraction: fraction,
-                dram_bytes: limit,
-                round,
-                status: Status::Ok,
-                accesses: r.report.accesses,
-                access_secs: r.report.access_secs,
-                accesses_per_sec: r.report.access_throughput_per_sec,
-                storage_reads: Some(r.access_major_faults),
-                verified: r.report.verified,
-                detail: None,
-                counters: serde_json::json!({
-                    "access_major_faults": r.access_major_faults,
-                    "access_minor_faults": r.access_minor_faults,
-                    "max_rss_bytes": r.max_rss_bytes,
-                    "cgroup": stats,
-                }),
-            },
+            Outcome::Completed(r) => child_run(KERNEL, fraction, limit, round, r, Some(stats)),
             Outcome::OomKilled { limit_bytes, oom_kills } => Run {
                 system: KERNEL.into(),
                 dram_fraction: fraction,

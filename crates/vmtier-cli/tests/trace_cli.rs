@@ -4,19 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{describe, json_ok};
-
-fn vmtier(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmtier"))
-        .current_dir(dir)
-        .env_remove("VMTIER_LOG")
-        .env_remove("VMTIER_KVM_DEVICE")
-        .args(args)
-        .output()
-        .expect("vmtier runs")
-}
+use common::{describe, json_ok, vmtier_in as vmtier};
 
 /// 400 lines of `sort.lackey.gz`, committed with the workload crate.
 fn sample() -> PathBuf {

@@ -3,19 +3,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{describe, json_ok};
-
-fn vmtier(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmtier"))
-        .current_dir(dir)
-        .env_remove("VMTIER_LOG")
-        .env_remove("VMTIER_KVM_DEVICE")
-        .args(args)
-        .output()
-        .expect("vmtier runs")
-}
+use common::{describe, json_ok, vmtier_in as vmtier};
 
 #[test]
 fn vm_run_boots_the_guest_and_reports_like_the_demo() {

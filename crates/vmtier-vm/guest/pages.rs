@@ -78,10 +78,40 @@ pub fn run(boot: &BootInfo, heap: &mut Heap, rep: &mut GuestReport) -> u64 {
         return status::BAD_BOOT_INFO;
     };
     let n = region.pages;
-    rep.pages = n;
     let mut rng = Xoshiro256::new(boot.seed);
     let write_p = f64::from(boot.write_ppm) / 1e6;
+    let zipf = (boot.workload == workload::ZIPF).then(|| Zipf::new(n, f64::from(boot.zipf_s_milli) / 1000.0));
+    let rounds = u64::from(boot.rounds.max(1));
+    let hot = (n / 8).max(1);
+    let ops = boot.ops;
+    run_accesses(boot, &region, n, ops, rep, |i| {
+        let page = match boot.workload {
+            workload::ZIPF => scatter(zipf.as_ref().map_or(0, |z| z.sample(&mut rng)), n),
+            workload::SCAN => i % n,
+            workload::PHASES => {
+                // Each phase has its own hot eighth of memory; 90% of accesses go there.
+                let ph = i * rounds / ops.max(1);
+                if rng.chance(0.9) { (ph * hot * 3 + rng.below(hot)) % n } else { rng.below(n) }
+            }
+            _ => rng.below(n),
+        };
+        Ok((page, rng.chance(write_p)))
+    })
+}
 
+/// The shape every page workload shares (also `trace.rs`): populate version 1 on pages `0..n`,
+/// then `ops` accesses, each verifying the page `next(i)` names and writing its next version if
+/// asked, then re-check every page. `next` may stop the run with a status. Fills the report's
+/// counters and stage times; returns the exit status.
+pub(crate) fn run_accesses(
+    boot: &BootInfo,
+    region: &Region,
+    n: u64,
+    ops: u64,
+    rep: &mut GuestReport,
+    mut next: impl FnMut(u64) -> Result<(u64, bool), u64>,
+) -> u64 {
+    rep.pages = n;
     // Populate: version 1 everywhere (each first touch is a zero-fill fault).
     let t0 = rt::rdtsc();
     let mut prog = Progress::new(boot, n, phase::POPULATE);
@@ -95,28 +125,21 @@ pub fn run(boot: &BootInfo, heap: &mut Heap, rep: &mut GuestReport) -> u64 {
     rep.stage_ticks[0] = t1 - t0;
 
     // Access.
-    let ops = boot.ops;
     let mut prog = Progress::new(boot, ops, phase::ACCESS);
-    let zipf = (boot.workload == workload::ZIPF).then(|| Zipf::new(n, f64::from(boot.zipf_s_milli) / 1000.0));
-    let rounds = u64::from(boot.rounds.max(1));
-    let hot = (n / 8).max(1);
     for i in 0..ops {
-        let page = match boot.workload {
-            workload::ZIPF => scatter(zipf.as_ref().map_or(0, |z| z.sample(&mut rng)), n),
-            workload::SCAN => i % n,
-            workload::PHASES => {
-                // Each phase has its own hot eighth of memory; 90% of accesses go there.
-                let ph = i * rounds / ops.max(1);
-                if rng.chance(0.9) { (ph * hot * 3 + rng.below(hot)) % n } else { rng.below(n) }
+        let (page, write) = match next(i) {
+            Ok(access) => access,
+            Err(status) => {
+                rep.ops = i;
+                return status;
             }
-            _ => rng.below(n),
         };
         let Ok(ticks) = region.verify(page, rep) else {
             rep.ops = i;
             return status::MISMATCH;
         };
         record_latency(rep, ticks);
-        if rng.chance(write_p) {
+        if write {
             region.write(page, rep);
         }
         prog.tick(i + 1);

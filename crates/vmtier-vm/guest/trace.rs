@@ -3,10 +3,10 @@
 //! `0..trace_pages`, then for each access verify the page and, if the trace says it writes,
 //! write its next version, then re-check every page.
 
-use crate::abi::{BootInfo, GuestReport, phase, status};
+use crate::abi::{BootInfo, GuestReport, status};
 use crate::heap::Heap;
-use crate::pages::Region;
-use crate::{Progress, gprintln, record_latency, rt};
+use crate::gprintln;
+use crate::pages::{Region, run_accesses};
 
 /// Runs the trace described by `boot.trace_gpa`, `boot.trace_count` and `boot.trace_pages`.
 pub fn run(boot: &BootInfo, heap: &mut Heap, rep: &mut GuestReport) -> u64 {
@@ -24,60 +24,15 @@ pub fn run(boot: &BootInfo, heap: &mut Heap, rep: &mut GuestReport) -> u64 {
         );
         return status::BAD_BOOT_INFO;
     }
-    rep.pages = n;
     let list = boot.trace_gpa as *const u32;
-
-    // Populate: version 1 on every page of the footprint.
-    let t0 = rt::rdtsc();
-    let mut prog = Progress::new(boot, n, phase::POPULATE);
-    for p in 0..n {
-        region.write(p, rep);
-        prog.tick(p + 1);
-    }
-    prog.finish();
-    rep.pages_touched = n;
-    let t1 = rt::rdtsc();
-    rep.stage_ticks[0] = t1 - t0;
-
-    // Access: the trace, in order.
-    let ops = boot.trace_count;
-    let mut prog = Progress::new(boot, ops, phase::ACCESS);
-    for i in 0..ops {
+    run_accesses(boot, &region, n, boot.trace_count, rep, |i| {
         // SAFETY: the VMM wrote `trace_count` u32 entries at `trace_gpa`, above the heap.
         let e = unsafe { list.add(i as usize).read_volatile() };
         let page = u64::from(e >> 1);
         if page >= n {
             gprintln!("trace access {i} is to page {page}, outside the {n}-page footprint");
-            rep.ops = i;
-            return status::BAD_BOOT_INFO;
+            return Err(status::BAD_BOOT_INFO);
         }
-        let Ok(ticks) = region.verify(page, rep) else {
-            rep.ops = i;
-            return status::MISMATCH;
-        };
-        record_latency(rep, ticks);
-        if e & 1 == 1 {
-            region.write(page, rep);
-        }
-        prog.tick(i + 1);
-    }
-    prog.finish();
-    rep.ops = ops;
-    let t2 = rt::rdtsc();
-    rep.stage_ticks[1] = t2 - t1;
-
-    // Final check.
-    if boot.skip_final_check == 0 {
-        let mut prog = Progress::new(boot, n, phase::CHECK);
-        for p in 0..n {
-            if region.verify(p, rep).is_err() {
-                return status::MISMATCH;
-            }
-            prog.tick(p + 1);
-        }
-        prog.finish();
-        rep.final_checked_pages = n;
-    }
-    rep.stage_ticks[2] = rt::rdtsc() - t2;
-    status::OK
+        Ok((page, e & 1 == 1))
+    })
 }

@@ -1,5 +1,5 @@
 //! Importing real lackey output: a 400-line sample cut from `sort.lackey.gz` (committed under
-//! `tests/data/`), and the whole recorded traces in `../shared/traces/` beside the repository.
+//! `tests/data/`), and the whole recorded traces in the repository's `traces/`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,17 +12,10 @@ fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sort-head.lackey")
 }
 
-/// The recorded traces: `$VMTIER_TRACES` if set, else `shared/traces` beside the repository.
+/// A recorded trace from the repository's `traces/` directory.
 fn shared_trace(name: &str) -> PathBuf {
-    let dir = std::env::var_os("VMTIER_TRACES")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"), PathBuf::from);
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: the recorded traces live in shared/traces beside the repository (set VMTIER_TRACES \
-         to their directory)",
-        path.display()
-    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../traces").join(name);
+    assert!(path.is_file(), "{} is missing from the repository", path.display());
     path
 }
 
@@ -109,7 +102,7 @@ fn the_recorded_sort_trace_imports() {
     let started = std::time::Instant::now();
     let t = PageTrace::load(&path).unwrap();
     let c = t.counts();
-    // shared/traces/README.md: 147,384 lines kept, 3,191 distinct pages.
+    // traces/README.md: 147,384 lines kept, 3,191 distinct pages.
     assert_eq!(c.lines, 147_384);
     assert_eq!(c.loads + c.stores + c.modifies, 147_384);
     assert!((3191..3300).contains(&t.footprint_pages()), "footprint {}", t.footprint_pages());

@@ -3,7 +3,8 @@
 // Each test file uses a subset.
 #![allow(dead_code)]
 
-use std::process::Output;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -26,4 +27,15 @@ pub fn json_ok(out: &Output) -> serde_json::Map<String, Value> {
         Value::Object(m) => m,
         other => panic!("stdout is not a JSON object: {other}"),
     }
+}
+
+/// Runs `vmtier ARGS` in `dir` with no log or KVM-device overrides inherited, and waits for it.
+pub fn vmtier_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmtier"))
+        .current_dir(dir)
+        .env_remove("VMTIER_LOG")
+        .env_remove("VMTIER_KVM_DEVICE")
+        .args(args)
+        .output()
+        .expect("vmtier runs")
 }

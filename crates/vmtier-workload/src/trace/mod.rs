@@ -18,7 +18,7 @@
 //! use vmtier_workload::trace::PageTrace;
 //!
 //! // A binary trace from `vmtier trace import`, or lackey output imported on the fly.
-//! let trace = PageTrace::load("../shared/traces/sort.lackey.gz")?;
+//! let trace = PageTrace::load("traces/sort.lackey.gz")?;
 //! println!("{} accesses over {} pages", trace.len(), trace.footprint_pages());
 //! for a in trace.accesses().take(3) {
 //!     println!("page {} {}", a.page, if a.write { "write" } else { "read" });
