@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, trace};
 use vmtier_uffd::{AlignedBuf, Event, FaultKind, Filled, PAGE_SIZE};
 
-use crate::page_table::{DIRTY, POISONED, PREFETCHED};
+use crate::page_table::{DIRTY, POISONED, PREFETCHED, WRITTEN};
 use crate::pager::Pager;
 use crate::stats::bump;
 use crate::tracker::AccessKind;
@@ -134,6 +134,11 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
             if !p.reserve_frame(buf) {
                 return Outcome::Park;
             }
+            // A page whose last observed access was a write is installed writable (and dirty)
+            // even on a read fault, as the kernel maps a swapped-in page writable: the
+            // read-modify-write that most likely follows then costs one fault, not a MISSING
+            // fault and a write-protect round trip. A wrong guess costs one write at eviction.
+            let write = write || v.word & WRITTEN != 0;
             let around = if write { Ok(false) } else { p.fill_around(page, &g) };
             let filled = match around {
                 Ok(true) => Ok(()),

@@ -1,0 +1,32 @@
+//! A page whose last observed access was a write comes back writable: reading it after an
+//! eviction costs one MISSING fault and no write-protect fault, and its next eviction writes
+//! the new content.
+
+mod common;
+
+use vmtier_engine::{Engine, Tier};
+
+use common::{check_page, config, page_bytes, read_host, write_page};
+
+#[test]
+fn written_pages_come_back_writable() {
+    let (cfg, _dir) = config(128, 64);
+    let engine = Engine::start(cfg).expect("start engine");
+    let mem = engine.guest_words();
+
+    write_page(mem, 0, 10);
+    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+
+    // Page 0: its last access was a write, so a read fault installs it writable.
+    let before = engine.snapshot();
+    check_page(mem, 0, 10);
+    write_page(mem, 0, 11);
+    let after = engine.snapshot();
+    assert_eq!(after.faults - before.faults, 1, "one MISSING fault for the read");
+    assert_eq!(after.write_faults - before.write_faults, 0, "no write-protect fault for the write after it");
+    // The write is not lost: the eviction writes it out and it reads back.
+    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+    assert_eq!(read_host(&engine, 0).unwrap(), page_bytes(0, 11));
+    check_page(mem, 0, 11);
+    drop(engine);
+}
