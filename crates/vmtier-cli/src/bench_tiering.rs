@@ -19,15 +19,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use vmtier_engine::{ByteSize, Engine, EngineConfig, PolicyKind, Snapshot};
-use vmtier_workload::{Phase, Progress, WorkloadConfig, WorkloadKind};
+use vmtier_engine::{ByteSize, EngineConfig, PolicyKind, Snapshot};
+use vmtier_workload::{WorkloadConfig, WorkloadKind};
 
 use crate::baseline::child::{self, ChildEnd, ChildReport, ChildSpec};
 use crate::baseline::disk::{self, DiskRate};
 use crate::baseline::kernel_swap::{self, KernelSwapConfig, Outcome};
-use crate::baseline::signals::{self, InterruptGuard};
+use crate::baseline::signals::InterruptGuard;
 use crate::baseline::swapfile::MAX_PRIORITY;
-use crate::baseline::{BaselineError, Unavailable, cgroup, human_bytes, watch};
+use crate::baseline::{Unavailable, cgroup, human_bytes};
+use crate::bench_common::{EngineRun, NEVER_COLD_MS, dram_bytes, median, print_table, run_on_engine};
 
 /// Arguments of `vmtier bench tiering`.
 #[derive(Debug, clap::Args)]
@@ -79,6 +80,10 @@ pub struct Args {
     /// Seconds between progress lines on stderr.
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
+    /// Let vmtier move pages idle this many seconds to tier 3. By default it does not: the
+    /// kernel has one swap device, so vmtier gets one too (tier 2, on the same disk).
+    #[arg(long, value_name = "SECS")]
+    tier3_after_secs: Option<u64>,
     /// Write results.json, slowdown.svg and index.html to this directory.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -187,22 +192,6 @@ pub struct Results {
     pub summary: Vec<SummaryRow>,
 }
 
-/// The DRAM budget for a share of `memory`, whole pages.
-pub fn dram_bytes(memory: u64, fraction: f64) -> u64 {
-    ((memory as f64 * fraction) as u64) & !4095
-}
-
-/// The median (mean of the middle two for an even count).
-pub fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
-}
-
 /// Medians per (system, share), slowdowns and speedups. Rows come all-dram first, then per
 /// share (ascending) the kernel and the vmtier policies in the order they ran. `scan` gives
 /// (footprint, passes, disk read rate MB/s) for the disk-bandwidth bound.
@@ -262,8 +251,8 @@ pub fn summarize(runs: &[Run], scan: Option<(u64, u32, f64)>) -> Vec<SummaryRow>
         .collect()
 }
 
-fn snapshot_counters(before: Option<&Snapshot>, after: &Snapshot, end: &Snapshot) -> serde_json::Value {
-    let d = |f: fn(&Snapshot) -> u64| before.map_or(f(after), |b| f(after).saturating_sub(f(b)));
+fn snapshot_counters(before: &Snapshot, after: &Snapshot, end: &Snapshot) -> serde_json::Value {
+    let d = |f: fn(&Snapshot) -> u64| f(after).saturating_sub(f(before));
     serde_json::json!({
         "access_faults": d(|s| s.faults),
         "access_tier2_hits": d(|s| s.tier2_hits),
@@ -395,37 +384,10 @@ impl Ctx<'_> {
         cfg.memory = self.args.memory;
         cfg.dram = ByteSize(budget);
         cfg.mtm.policy = policy;
-        cfg.tier2.dir = self.dir.join("tier2");
-        cfg.tier2.direct_io = true;
-        cfg.tier3.url = self.dir.join("tier3").to_string_lossy().into_owned();
-        let engine = Engine::start(cfg).context("starting the engine")?;
-        let progress = Progress::new();
-        let (mut before, mut after) = (None, None);
-        let result = std::thread::scope(|s| {
-            let h = s.spawn(|| vmtier_workload::run(engine.guest_words(), &self.wl, &progress));
-            watch::watch(
-                &progress,
-                label,
-                Duration::from_secs(self.args.progress_secs.max(1)),
-                || h.is_finished(),
-                |phase| match phase {
-                    Phase::Access => before = Some(engine.snapshot()),
-                    Phase::FinalCheck | Phase::Done if after.is_none() => after = Some(engine.snapshot()),
-                    _ => {}
-                },
-            );
-            h.join()
-        });
-        let end = engine.shutdown();
-        remove_tiers(&self.dir);
-        let report = match result {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) if signals::interrupted() => return Err(BaselineError::Interrupted.into()),
-            Ok(Err(e)) => return Err(anyhow::Error::new(e).context(format!("{label}: the guest failed"))),
-            Err(_) => anyhow::bail!("{label}: the guest panicked"),
-        };
-        let after = after.unwrap_or_else(|| end.clone());
-        let counters = snapshot_counters(before.as_ref(), &after, &end);
+        cfg.mtm.cold_after_ms = self.args.tier3_after_secs.map_or(NEVER_COLD_MS, |s| s.saturating_mul(1000));
+        let every = Duration::from_secs(self.args.progress_secs.max(1));
+        let EngineRun { report, before, after, end } = run_on_engine(cfg, &self.dir, &self.wl, None, label, every)?;
+        let counters = snapshot_counters(&before, &after, &end);
         let reads =
             counters["access_tier2_hits"].as_u64().unwrap_or(0) + counters["access_tier3_hits"].as_u64().unwrap_or(0);
         Ok(Run {
@@ -442,12 +404,6 @@ impl Ctx<'_> {
             detail: None,
             counters,
         })
-    }
-}
-
-fn remove_tiers(dir: &Path) {
-    for t in ["tier2", "tier3"] {
-        let _ = std::fs::remove_dir_all(dir.join(t));
     }
 }
 
@@ -707,24 +663,6 @@ fn table(summary: &[SummaryRow], with_bound: bool) -> (Vec<&'static str>, Vec<Ve
     (headers, rows)
 }
 
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..headers.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).chain([headers[i].len()]).max().unwrap_or(0))
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
-            .collect();
-        println!("{}", s.join("  "));
-    };
-    line(headers.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-}
-
 /// The plot's series: one per system except all-dram (the 1x line).
 fn series(summary: &[SummaryRow]) -> Vec<report::Series> {
     let mut out: Vec<report::Series> = Vec::new();
@@ -781,19 +719,6 @@ mod tests {
             detail: None,
             counters: serde_json::Value::Null,
         }
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
-    }
-
-    #[test]
-    fn dram_shares_are_whole_pages() {
-        assert_eq!(dram_bytes(4 << 30, 0.5), 2 << 30);
-        assert_eq!(dram_bytes(64 << 20, 0.3) % 4096, 0);
     }
 
     #[test]

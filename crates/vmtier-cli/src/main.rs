@@ -1,7 +1,9 @@
 //! `vmtier`: tiered VM memory — demo, run, bench.
 
 mod baseline;
+mod bench_common;
 mod bench_fault;
+mod bench_prefetch;
 mod bench_sampling;
 mod bench_tiering;
 mod bench_vm;
@@ -93,6 +95,8 @@ enum Bench {
     VmFault(bench_vm::Args),
     /// One workload on all-DRAM, the kernel's swap and vmtier's policies at several DRAM shares.
     Tiering(bench_tiering::Args),
+    /// Every prefetcher on every workload: accuracy, coverage, timeliness, runtime against none.
+    Prefetch(bench_prefetch::Args),
 }
 
 /// Options shared by `demo` and `run`; they override the file's values.
@@ -244,6 +248,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { bench: Bench::Tiering(args) } => {
             bench_tiering::run(&args)?;
+            true
+        }
+        Command::Bench { bench: Bench::Prefetch(args) } => {
+            bench_prefetch::run(&args)?;
             true
         }
         Command::Trace { trace } => {

@@ -11,8 +11,10 @@ use crate::verify::WORDS_PER_PAGE;
 
 /// Default Zipf skew (YCSB's).
 pub const DEFAULT_SKEW: f64 = 0.99;
-/// Default number of sequential passes of `scan`.
+/// Default number of sequential passes of `scan` (and of strided passes of `stride`).
 pub const DEFAULT_PASSES: u32 = 3;
+/// Default stride of `stride`, in pages.
+pub const DEFAULT_STRIDE: u32 = 3;
 /// Default hot-set size of `phases`, as a fraction of the pages.
 pub const DEFAULT_HOT_FRACTION: f64 = 0.1;
 /// Default number of phases of `phases`.
@@ -24,6 +26,9 @@ fn default_skew() -> f64 {
 fn default_passes() -> u32 {
     DEFAULT_PASSES
 }
+fn default_stride() -> u32 {
+    DEFAULT_STRIDE
+}
 fn default_hot_fraction() -> f64 {
     DEFAULT_HOT_FRACTION
 }
@@ -33,9 +38,9 @@ fn default_phases() -> u32 {
 
 /// Which access pattern the guest runs.
 ///
-/// Parsed from `zipf`, `scan`, `uniform`, `phases` (defaults), or with parameters:
-/// `zipf:1.2` (skew), `scan:5` (passes), `phases:0.2:8` (hot fraction, phases), and
-/// `trace:FILE`. `Display` prints the bare name.
+/// Parsed from `zipf`, `scan`, `stride`, `uniform`, `phases` (defaults), or with parameters:
+/// `zipf:1.2` (skew), `scan:5` (passes), `stride:4:2` (stride, passes), `phases:0.2:8` (hot
+/// fraction, phases), and `trace:FILE`. `Display` prints the bare name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum WorkloadKind {
@@ -47,6 +52,16 @@ pub enum WorkloadKind {
     },
     /// Each thread walks its pages in order, `passes` times.
     Scan {
+        /// Number of full passes; the access count is `passes × pages`.
+        #[serde(default = "default_passes")]
+        passes: u32,
+    },
+    /// Each thread sweeps its pages `stride` apart (`0, k, 2k, …`, then `1, 1+k, …`), every
+    /// page once per pass, `passes` times. The in-process guest only.
+    Stride {
+        /// Pages between consecutive accesses (≥ 1; 1 is a scan).
+        #[serde(default = "default_stride")]
+        stride: u32,
         /// Number of full passes; the access count is `passes × pages`.
         #[serde(default = "default_passes")]
         passes: u32,
@@ -74,7 +89,7 @@ pub enum WorkloadKind {
 impl WorkloadKind {
     /// The names of the generated patterns, each accepted by `FromStr` alone (`trace` needs a
     /// file: `trace:FILE`).
-    pub const NAMES: [&'static str; 4] = ["zipf", "scan", "uniform", "phases"];
+    pub const NAMES: [&'static str; 5] = ["zipf", "scan", "stride", "uniform", "phases"];
 
     /// Zipf with the default skew.
     pub fn zipf() -> Self {
@@ -86,16 +101,22 @@ impl WorkloadKind {
         WorkloadKind::Scan { passes: DEFAULT_PASSES }
     }
 
+    /// Stride with the default stride and number of passes.
+    pub fn stride() -> Self {
+        WorkloadKind::Stride { stride: DEFAULT_STRIDE, passes: DEFAULT_PASSES }
+    }
+
     /// Phases with the default hot fraction and phase count.
     pub fn phases() -> Self {
         WorkloadKind::Phases { hot_fraction: DEFAULT_HOT_FRACTION, phases: DEFAULT_PHASES }
     }
 
-    /// The bare name: `zipf`, `scan`, `uniform`, `phases` or `trace`.
+    /// The bare name: `zipf`, `scan`, `stride`, `uniform`, `phases` or `trace`.
     pub fn name(&self) -> &'static str {
         match self {
             WorkloadKind::Zipf { .. } => "zipf",
             WorkloadKind::Scan { .. } => "scan",
+            WorkloadKind::Stride { .. } => "stride",
             WorkloadKind::Uniform => "uniform",
             WorkloadKind::Phases { .. } => "phases",
             WorkloadKind::Trace { .. } => "trace",
@@ -117,6 +138,8 @@ impl WorkloadKind {
                 Err(config_err("zipf skew", skew, "a finite number > 0"))
             }
             WorkloadKind::Scan { passes: 0 } => Err(config_err("scan passes", 0, "≥ 1")),
+            WorkloadKind::Stride { stride: 0, .. } => Err(config_err("stride pages", 0, "≥ 1")),
+            WorkloadKind::Stride { passes: 0, .. } => Err(config_err("stride passes", 0, "≥ 1")),
             WorkloadKind::Phases { hot_fraction, .. } if !(hot_fraction > 0.0 && hot_fraction <= 1.0) => {
                 Err(config_err("phases hot fraction", hot_fraction, "in (0, 1]"))
             }
@@ -146,7 +169,12 @@ impl FromStr for WorkloadKind {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
-            config_err("workload", s, "zipf[:SKEW], scan[:PASSES], uniform, phases[:HOT_FRACTION[:PHASES]], trace:FILE")
+            config_err(
+                "workload",
+                s,
+                "zipf[:SKEW], scan[:PASSES], stride[:PAGES[:PASSES]], uniform, phases[:HOT_FRACTION[:PHASES]], \
+                 trace:FILE",
+            )
         };
         if let Some(path) = s.trim_start().strip_prefix("trace:") {
             let kind = WorkloadKind::Trace { path: PathBuf::from(path) };
@@ -165,6 +193,13 @@ impl FromStr for WorkloadKind {
         let (kind, max_args) = match name.as_str() {
             "zipf" => (WorkloadKind::Zipf { skew: num(0)?.unwrap_or(DEFAULT_SKEW) }, 1),
             "scan" => (WorkloadKind::Scan { passes: int(0)?.unwrap_or(DEFAULT_PASSES) }, 1),
+            "stride" => (
+                WorkloadKind::Stride {
+                    stride: int(0)?.unwrap_or(DEFAULT_STRIDE),
+                    passes: int(1)?.unwrap_or(DEFAULT_PASSES),
+                },
+                2,
+            ),
             "uniform" => (WorkloadKind::Uniform, 0),
             "phases" => (
                 WorkloadKind::Phases {
@@ -190,7 +225,8 @@ pub struct WorkloadConfig {
     /// The access pattern.
     pub kind: WorkloadKind,
     /// Total page accesses of the access stage, over all threads (ignored by `scan`, whose
-    /// count is `passes × pages`, and by `trace`, which replays the whole trace once).
+    /// count is `passes × pages`, likewise `stride`, and by `trace`, which replays the whole
+    /// trace once).
     pub accesses: u64,
     /// Worker threads (≥ 1, at most one per page). Each owns a contiguous range of pages.
     pub threads: usize,
@@ -269,6 +305,9 @@ mod tests {
         assert_eq!("zipf".parse::<WorkloadKind>().unwrap(), WorkloadKind::zipf());
         assert_eq!("scan".parse::<WorkloadKind>().unwrap(), WorkloadKind::scan());
         assert_eq!("uniform".parse::<WorkloadKind>().unwrap(), WorkloadKind::Uniform);
+        assert_eq!("stride".parse::<WorkloadKind>().unwrap(), WorkloadKind::stride());
+        assert_eq!("stride:5".parse::<WorkloadKind>().unwrap(), WorkloadKind::Stride { stride: 5, passes: 3 });
+        assert_eq!("stride:2:1".parse::<WorkloadKind>().unwrap(), WorkloadKind::Stride { stride: 2, passes: 1 });
         assert_eq!("phases".parse::<WorkloadKind>().unwrap(), WorkloadKind::phases());
         assert_eq!("zipf:1.2".parse::<WorkloadKind>().unwrap(), WorkloadKind::Zipf { skew: 1.2 });
         assert_eq!(
@@ -280,7 +319,20 @@ mod tests {
             WorkloadKind::Trace { path: "/tmp/a:b.vmtrace".into() }
         );
         assert_eq!("trace:x".parse::<WorkloadKind>().unwrap().to_string(), "trace");
-        for bad in ["", "lru", "zipf:0", "zipf:x", "scan:0", "phases:1.5", "uniform:3", "trace", "trace:"] {
+        for bad in [
+            "",
+            "lru",
+            "zipf:0",
+            "zipf:x",
+            "scan:0",
+            "stride:0",
+            "stride:3:0",
+            "stride:1:1:1",
+            "phases:1.5",
+            "uniform:3",
+            "trace",
+            "trace:",
+        ] {
             assert!(bad.parse::<WorkloadKind>().is_err(), "{bad}");
         }
         for name in WorkloadKind::NAMES {

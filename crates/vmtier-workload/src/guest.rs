@@ -561,21 +561,38 @@ fn rate(n: u64, d: Duration) -> f64 {
 /// Runs a whole workload: populate (if configured), the access stage, then the final check
 /// (if configured). See [`Guest`] to run the stages separately.
 pub fn run(mem: &[AtomicU64], cfg: &WorkloadConfig, progress: &Progress) -> Result<WorkloadReport, WorkloadError> {
-    let mut guest = Guest::new(mem, cfg.clone())?;
-    let final_estimate = if cfg.final_check && cfg.populate { guest.pages() as u64 } else { 0 };
-    progress.total.fetch_add(guest.planned_operations() + final_estimate, Ordering::Relaxed);
-    let result = (|| {
-        if cfg.populate {
-            guest.populate(progress)?;
-        }
-        guest.access(progress)?;
-        if cfg.final_check {
-            guest.final_check(progress)?;
-        }
-        Ok(())
-    })();
-    progress.set_phase(Phase::Done);
-    result.map(|()| guest.report())
+    Guest::new(mem, cfg.clone())?.run_stages(progress, |_| {})
+}
+
+impl Guest<'_> {
+    /// Runs the configured stages as [`run`] does, calling `at(stage)` in this thread just before
+    /// each stage starts and `at(Phase::Done)` after the last one (also when a stage failed):
+    /// a caller can read counters exactly at the stage boundaries.
+    pub fn run_stages(
+        &mut self,
+        progress: &Progress,
+        mut at: impl FnMut(Phase),
+    ) -> Result<WorkloadReport, WorkloadError> {
+        let (populate, final_check) = (self.cfg.populate, self.cfg.final_check);
+        let final_estimate = if final_check && populate { self.pages() as u64 } else { 0 };
+        progress.total.fetch_add(self.planned_operations() + final_estimate, Ordering::Relaxed);
+        let result = (|| {
+            if populate {
+                at(Phase::Populate);
+                self.populate(progress)?;
+            }
+            at(Phase::Access);
+            self.access(progress)?;
+            if final_check {
+                at(Phase::FinalCheck);
+                self.final_check(progress)?;
+            }
+            Ok(())
+        })();
+        at(Phase::Done);
+        progress.set_phase(Phase::Done);
+        result.map(|()| self.report())
+    }
 }
 
 #[cfg(test)]
@@ -590,8 +607,14 @@ mod tests {
         (0..pages * WORDS_PER_PAGE).map(|_| AtomicU64::new(0)).collect()
     }
 
-    fn kinds() -> [WorkloadKind; 4] {
-        [WorkloadKind::zipf(), WorkloadKind::scan(), WorkloadKind::Uniform, WorkloadKind::phases()]
+    fn kinds() -> [WorkloadKind; 5] {
+        [
+            WorkloadKind::zipf(),
+            WorkloadKind::scan(),
+            WorkloadKind::stride(),
+            WorkloadKind::Uniform,
+            WorkloadKind::phases(),
+        ]
     }
 
     fn cfg(kind: WorkloadKind, threads: usize) -> WorkloadConfig {
@@ -618,7 +641,9 @@ mod tests {
                 let c = cfg(kind.clone(), threads);
                 let r = run(&mem, &c, &progress).unwrap();
                 let accesses = match kind {
-                    WorkloadKind::Scan { passes } => u64::from(passes) * PAGES as u64,
+                    WorkloadKind::Scan { passes } | WorkloadKind::Stride { passes, .. } => {
+                        u64::from(passes) * PAGES as u64
+                    }
                     _ => 3000,
                 };
                 assert!(r.verified, "{kind}/{threads}");
@@ -635,6 +660,32 @@ mod tests {
                 assert_eq!(progress.total.load(Ordering::Relaxed), done);
             }
         }
+    }
+
+    #[test]
+    fn run_stages_calls_back_at_every_stage_boundary() {
+        let mem = region(16);
+        let progress = Progress::new();
+        let mut seen = Vec::new();
+        let r = Guest::new(&mem, cfg(WorkloadKind::scan(), 2))
+            .unwrap()
+            .run_stages(&progress, |p| seen.push((p, progress.phase(), progress.done.load(Ordering::Relaxed))))
+            .unwrap();
+        assert!(r.verified);
+        // Each callback sees the previous stage finished and the next not started.
+        assert_eq!(
+            seen,
+            [
+                (Phase::Populate, Phase::Idle, 0),
+                (Phase::Access, Phase::Populate, 16),
+                (Phase::FinalCheck, Phase::Access, 16 + 48),
+                (Phase::Done, Phase::FinalCheck, 16 + 48 + 16),
+            ]
+        );
+        let mut seen = Vec::new();
+        let c = WorkloadConfig { populate: false, final_check: false, ..cfg(WorkloadKind::scan(), 1) };
+        Guest::new(&region(16), c).unwrap().run_stages(&progress, |p| seen.push(p)).unwrap();
+        assert_eq!(seen, [Phase::Access, Phase::Done]);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod scan;
+pub mod stride;
 pub mod trace;
 pub mod uniform;
 pub mod verify;

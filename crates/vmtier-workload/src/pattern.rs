@@ -2,7 +2,8 @@
 //!
 //! A pattern produces page indices *local* to one thread's range (`0..pages`); the guest adds
 //! the range's first page. Implementations: [`ZipfPattern`](crate::zipf::ZipfPattern),
-//! [`ScanPattern`](crate::scan::ScanPattern), [`UniformPattern`](crate::uniform::UniformPattern),
+//! [`ScanPattern`](crate::scan::ScanPattern), [`StridePattern`](crate::stride::StridePattern),
+//! [`UniformPattern`](crate::uniform::UniformPattern),
 //! [`PhasesPattern`](crate::phases::PhasesPattern), and [`TracePattern`](crate::trace::TracePattern)
 //! replaying a recorded trace.
 
@@ -11,6 +12,7 @@ use std::fmt;
 use crate::config::WorkloadKind;
 use crate::phases::PhasesPattern;
 use crate::scan::ScanPattern;
+use crate::stride::StridePattern;
 use crate::uniform::UniformPattern;
 use crate::zipf::ZipfPattern;
 
@@ -36,11 +38,11 @@ pub trait AccessPattern: Send + fmt::Debug {
 }
 
 /// How many accesses a thread owning `pages` pages makes when asked for `accesses`
-/// (`scan` ignores `accesses` and makes `passes × pages`; a `trace` makes as many as the trace
+/// (`scan` and `stride` ignore `accesses` and make `passes × pages`; a `trace` makes as many as the trace
 /// has in the thread's range, which only [`TracePattern`](crate::trace::TracePattern) knows).
 pub fn planned_accesses(kind: &WorkloadKind, pages: usize, accesses: u64) -> u64 {
     match *kind {
-        WorkloadKind::Scan { passes } => u64::from(passes) * pages as u64,
+        WorkloadKind::Scan { passes } | WorkloadKind::Stride { passes, .. } => u64::from(passes) * pages as u64,
         _ => accesses,
     }
 }
@@ -52,6 +54,7 @@ pub fn build(kind: &WorkloadKind, pages: usize, accesses: u64, seed: u64) -> Opt
     Some(match *kind {
         WorkloadKind::Zipf { skew } => Box::new(ZipfPattern::new(pages, skew, accesses, seed)),
         WorkloadKind::Scan { passes } => Box::new(ScanPattern::new(pages, passes)),
+        WorkloadKind::Stride { stride, passes } => Box::new(StridePattern::new(pages, stride, passes)),
         WorkloadKind::Uniform => Box::new(UniformPattern::new(pages, accesses, seed)),
         WorkloadKind::Phases { hot_fraction, phases } => {
             Box::new(PhasesPattern::new(pages, hot_fraction, phases, accesses, seed))
@@ -66,7 +69,13 @@ mod tests {
 
     #[test]
     fn every_kind_yields_total_in_range_accesses() {
-        for kind in [WorkloadKind::zipf(), WorkloadKind::scan(), WorkloadKind::Uniform, WorkloadKind::phases()] {
+        for kind in [
+            WorkloadKind::zipf(),
+            WorkloadKind::scan(),
+            WorkloadKind::stride(),
+            WorkloadKind::Uniform,
+            WorkloadKind::phases(),
+        ] {
             let mut p = build(&kind, 37, 1000, 5).unwrap();
             let total = planned_accesses(&kind, 37, 1000);
             assert_eq!(p.total(), total, "{kind}");

@@ -134,6 +134,7 @@ pub fn kind_arg(kind: &WorkloadKind) -> String {
     match kind {
         WorkloadKind::Zipf { skew } => format!("zipf:{skew}"),
         WorkloadKind::Scan { passes } => format!("scan:{passes}"),
+        WorkloadKind::Stride { stride, passes } => format!("stride:{stride}:{passes}"),
         WorkloadKind::Uniform => "uniform".into(),
         WorkloadKind::Phases { hot_fraction, phases } => format!("phases:{hot_fraction}:{phases}"),
         // Relative paths resolve in the child as here: it inherits the working directory.
@@ -306,6 +307,7 @@ mod tests {
             WorkloadKind::zipf(),
             WorkloadKind::Zipf { skew: 1.25 },
             WorkloadKind::Scan { passes: 5 },
+            WorkloadKind::Stride { stride: 7, passes: 2 },
             WorkloadKind::Uniform,
             WorkloadKind::Phases { hot_fraction: 0.2, phases: 8 },
             WorkloadKind::Trace { path: "traces/a b.vtt".into() },
