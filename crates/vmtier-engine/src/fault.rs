@@ -134,15 +134,16 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
             if !p.reserve_frame(buf) {
                 return Outcome::Park;
             }
-            // A page whose last observed access was a write is installed writable (and dirty)
-            // even on a read fault, as the kernel maps a swapped-in page writable: the
-            // read-modify-write that most likely follows then costs one fault, not a MISSING
-            // fault and a write-protect round trip. A wrong guess costs one write at eviction.
-            let write = write || v.word & WRITTEN != 0;
-            let around = if write { Ok(false) } else { p.fill_around(page, &g) };
+            // A page that was modified during its last residency (`WRITTEN`, set at eviction)
+            // is installed writable and dirty even on a read fault, as the kernel maps a
+            // swapped-in page writable: the read-modify-write that most likely follows then
+            // costs one fault, not a MISSING fault and a write-protect round trip. A wrong guess
+            // costs one write at eviction, which also corrects the hint.
+            let writable = write || v.word & WRITTEN != 0;
+            let around = if writable { Ok(false) } else { p.fill_around(page, &g) };
             let filled = match around {
                 Ok(true) => Ok(()),
-                Ok(false) => p.fill(page, &g, write, buf),
+                Ok(false) => p.fill(page, &g, writable, buf),
                 Err(e) => Err(e),
             };
             if let Err(e) = filled {

@@ -12,9 +12,10 @@
 //! | | 3 | `LOCKED`: a move of this page is in progress |
 //! | | 4 | `DIRTY`: the DRAM copy differs from the stored copy |
 //! | | 5 | `CLEAN`: a secondary can read the stored copy (set by replication) |
-//! | | 6 | `WRITTEN`: the last observed access was a write |
+//! | | 6 | `WRITTEN`: the page was modified during its last residency (set by a write, decided at eviction) |
 //! | | 7 | `POISONED`: the stored copy failed its checksum; the page is unreadable |
 //! | | 8–55 | location: tier-2 slot, or tier-3 `segment << 16 \| index` |
+//! | | 62 | `REFERENCED`: observed since the reclaim clock's hand last passed (second chance) |
 //! | | 63 | `PREFETCHED`: resident because a prefetcher predicted it, not yet touched |
 //! | `crc` | 32 | crc32c of the stored copy |
 //! | `freq` | 8 | access frequency 0–100 as of `seen` |
@@ -34,10 +35,13 @@ const LOCKED: u64 = 1 << 3;
 pub const DIRTY: u64 = 1 << 4;
 /// The stored copy is readable by a secondary.
 pub const CLEAN: u64 = 1 << 5;
-/// Last observed access was a write.
+/// Modified during its last residency: a write was observed, or its content had changed when it
+/// was evicted.
 pub const WRITTEN: u64 = 1 << 6;
 /// Stored copy is corrupt.
 pub const POISONED: u64 = 1 << 7;
+/// Observed since the reclaim clock's hand last passed it.
+pub const REFERENCED: u64 = 1 << 62;
 /// Resident because a prefetcher predicted it (installed unmapped), not touched yet.
 pub const PREFETCHED: u64 = 1 << 63;
 const LOC_SHIFT: u32 = 8;
@@ -178,10 +182,10 @@ impl PageEntry {
         (&self.freq, &self.seen)
     }
 
-    /// Sets or clears flag bits that carry no placement meaning (`WRITTEN`, `CLEAN`) without the
-    /// lock.
+    /// Sets or clears flag bits that carry no placement meaning (`WRITTEN`, `CLEAN`,
+    /// `REFERENCED`) without the lock.
     pub fn set_hint(&self, bit: u64, on: bool) {
-        debug_assert!(bit == WRITTEN || bit == CLEAN);
+        debug_assert!(bit == WRITTEN || bit == CLEAN || bit == REFERENCED);
         if on {
             self.state.fetch_or(bit, Ordering::Relaxed);
         } else {
@@ -215,7 +219,7 @@ impl PageGuard<'_> {
     /// Points the page at a new stored copy with checksum `crc`.
     pub fn set_home(&self, home: Home, crc: u32) {
         self.entry.crc.store(crc, Ordering::Relaxed);
-        let keep = RESIDENT | LOCKED | DIRTY | WRITTEN | PREFETCHED;
+        let keep = RESIDENT | LOCKED | DIRTY | WRITTEN | REFERENCED | PREFETCHED;
         let mut cur = self.entry.state.load(Ordering::Acquire);
         loop {
             // A new stored copy is not yet known to any secondary: CLEAN drops.

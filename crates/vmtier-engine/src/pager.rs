@@ -22,11 +22,36 @@ use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 
 use crate::dram::DramBudget;
 use crate::error::EngineError;
-use crate::page_table::{DIRTY, Home, POISONED, PREFETCHED, PageGuard, PageTable, PageView, RESIDENT};
+use crate::page_table::{
+    DIRTY, Home, POISONED, PREFETCHED, PageGuard, PageTable, PageView, REFERENCED, RESIDENT, WRITTEN,
+};
 use crate::policy::Tier;
 use crate::prefetch::worker::Prefetch;
 use crate::stats::{Stats, add, bump};
 use crate::tracker::{AccessKind, Tracker};
+
+/// At the eviction of a dirty page whose new copy has checksum `crc`: records in `WRITTEN`
+/// whether its content changed during this residency (a page installed writable on a guess may
+/// not have been written), which decides how its next read fault installs it. Only a hint:
+/// the page is written out either way, so a checksum collision costs a fault, never data.
+fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
+    let unchanged = v.home() != Home::Zero && crc == v.crc;
+    if unchanged {
+        g.clear(WRITTEN);
+    } else {
+        g.set(WRITTEN);
+    }
+}
+
+/// How far direct reclaim may go beyond the MTM's list of coldest pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// Pages the clock hand finds idle: not observed since it last passed, not an unused
+    /// prediction.
+    IdleOnly,
+    /// Idle pages first, then any resident page (a fault must make progress).
+    Any,
+}
 
 /// Everything a page move touches.
 #[derive(Debug)]
@@ -331,6 +356,7 @@ impl Pager {
                 }
             };
             add(&self.stats.tier2_bytes_written, PAGE_SIZE as u64);
+            note_modified(g, v, crc);
             g.set_home(Home::Ssd(slot), crc);
             trace!(page, slot = slot.0, crc, "written to tier 2");
         }
@@ -357,7 +383,7 @@ impl Pager {
             if self.budget.try_reserve() {
                 return true;
             }
-            if !self.reclaim_one(buf, true) {
+            if !self.reclaim_one(buf, Clock::Any) {
                 return false;
             }
             bump(&self.stats.direct_reclaims);
@@ -366,10 +392,12 @@ impl Pager {
     }
 
     /// Reserves a DRAM frame for a prefetched page: a free one, or one reclaimed from the
-    /// policy's coldest pages — never by the clock, which could take a page hotter than the
-    /// prediction.
+    /// policy's coldest pages, or from a page the clock finds idle — not observed since the
+    /// clock's hand last passed it, and not itself an unused prediction. A prediction is for an
+    /// access in the next few milliseconds; a page idle for a whole turn of the clock is colder
+    /// than that, and a page observed since is never pushed out for it.
     pub(crate) fn reserve_prefetch_frame(&self, buf: &mut AlignedBuf) -> bool {
-        self.budget.try_reserve() || (self.reclaim_one(buf, false) && self.budget.try_reserve())
+        self.budget.try_reserve() || (self.reclaim_one(buf, Clock::IdleOnly) && self.budget.try_reserve())
     }
 
     /// Puts `buf` into the memfd's page cache at `page` without mapping it: the guest's next
@@ -379,8 +407,9 @@ impl Pager {
     }
 
     /// Evicts one resident page: an MTM-chosen victim if there is one, else the first page a
-    /// clock hand finds that was not seen in this tick.
-    fn reclaim_one(&self, buf: &mut AlignedBuf, clock: bool) -> bool {
+    /// clock hand finds idle (second chance) and is not an unused prediction — or,
+    /// with [`Clock::Any`] and none such nearby, any resident page.
+    fn reclaim_one(&self, buf: &mut AlignedBuf, clock: Clock) -> bool {
         // The MTM's coldest candidates, a batch at a time: one write for many evictions.
         loop {
             let batch: Vec<usize> = {
@@ -404,24 +433,24 @@ impl Pager {
                 }
             }
         }
-        if !clock {
-            return false;
-        }
+        let passes = if clock == Clock::Any { 2 } else { 1 };
         let n = self.table.len();
-        let now = self.tracker.tick() as u16;
-        for pass in 0..2 {
-            // Pass 0 prefers pages not seen in this tick, but gives up after skipping
-            // CLOCK_SECOND_CHANCES of them: when every resident page was seen (the tick has not
-            // moved, e.g. with the MTM off) a full sweep of the table would cost far more than
-            // the eviction it looks for.
+        for pass in 0..passes {
+            // Pass 0 is second-chance CLOCK: a page observed since the hand last passed
+            // (`REFERENCED`) loses the bit and is skipped, as is an unused prediction. It gives up
+            // after skipping CLOCK_SECOND_CHANCES pages: a full sweep of the table would cost far
+            // more than the eviction it looks for, and the bits it cleared make the next
+            // attempt succeed.
             let mut skipped = 0;
             for _ in 0..n {
                 let page = self.clock.fetch_add(1, Ordering::Relaxed) % n;
-                let v = self.table.get(page).view();
+                let entry = self.table.get(page);
+                let v = entry.view();
                 if !v.resident() {
                     continue;
                 }
-                if pass == 0 && v.seen == now {
+                if pass == 0 && (v.word & (REFERENCED | PREFETCHED) != 0) {
+                    entry.set_hint(REFERENCED, false);
                     skipped += 1;
                     if skipped >= CLOCK_SECOND_CHANCES {
                         break;
@@ -574,6 +603,9 @@ impl Pager {
         let bytes = (held.len() * PAGE_SIZE) as u64;
         add(if to == Tier::Object { &self.stats.tier3_bytes_written } else { &self.stats.tier2_bytes_written }, bytes);
         for ((page, g, v), (home, crc)) in held.iter().zip(homes) {
+            if v.resident() {
+                note_modified(g, v, crc);
+            }
             g.set_home(home, crc);
             self.release(v.home());
             if v.resident() {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
-use crate::page_table::{PageEntry, WRITTEN};
+use crate::page_table::{PageEntry, REFERENCED, WRITTEN};
 
 /// How an access was observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,7 +98,10 @@ impl Tracker {
             freq.store(boosted.max(1), Ordering::Relaxed);
             seen.store(now as u16, Ordering::Relaxed);
         }
-        e.set_hint(WRITTEN, write);
+        if write {
+            e.set_hint(WRITTEN, true);
+        }
+        e.set_hint(REFERENCED, true);
         let ev = AccessEvent { page, tick: now, kind, write };
         // The history is a bounded ring: the oldest event makes room for the newest.
         if let Err(ev) = self.history.push(ev) {

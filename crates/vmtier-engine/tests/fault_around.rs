@@ -6,8 +6,9 @@ mod common;
 use common::{check_page, config, flip_byte, retry_busy, tier2_location, write_page};
 use vmtier_engine::{Engine, Tier};
 
-/// `pages` written and stored in tier 2 in order (consecutive slots), in a guest twice as large
-/// with DRAM for all of it.
+/// `pages` written and stored in tier 2 in order (consecutive slots), then read once and stored
+/// again unmodified — so their next read fault is a plain read (a page modified during its last
+/// residency comes back writable, alone) — in a guest twice as large with DRAM for all of it.
 fn stored_in_order(pages: usize, fault_around: usize) -> (Engine, tempfile::TempDir) {
     let (mut cfg, dir) = config(2 * pages as u64, 2 * pages as u64);
     cfg.fault.fault_around_pages = fault_around;
@@ -15,8 +16,17 @@ fn stored_in_order(pages: usize, fault_around: usize) -> (Engine, tempfile::Temp
     for p in 0..pages {
         write_page(engine.guest_words(), p, p as u64 + 1);
     }
-    for p in 0..pages {
-        assert!(retry_busy("evict", || engine.move_page(p, Tier::Ssd)).unwrap());
+    for round in 0..2 {
+        if round == 1 {
+            for p in 0..pages {
+                check_page(engine.guest_words(), p, p as u64 + 1);
+            }
+        }
+        // Evicted in page order, each into the lowest free slot: pages 1.. land in
+        // consecutive slots in both rounds.
+        for p in 0..pages {
+            assert!(retry_busy("evict", || engine.move_page(p, Tier::Ssd)).unwrap());
+        }
     }
     (engine, dir)
 }

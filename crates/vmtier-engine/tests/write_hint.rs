@@ -1,6 +1,6 @@
-//! A page whose last observed access was a write comes back writable: reading it after an
-//! eviction costs one MISSING fault and no write-protect fault, and its next eviction writes
-//! the new content.
+//! A page modified during its last residency comes back writable: reading it after an eviction
+//! costs one MISSING fault and no write-protect fault, and its next eviction writes the new
+//! content. One that came back writable but was not modified comes back write-protected next.
 
 mod common;
 
@@ -27,6 +27,21 @@ fn written_pages_come_back_writable() {
     // The write is not lost: the eviction writes it out and it reads back.
     assert!(engine.move_page(0, Tier::Ssd).unwrap());
     assert_eq!(read_host(&engine, 0).unwrap(), page_bytes(0, 11));
+
+    // Read again (installed writable: modified last time) but not written: the eviction still
+    // writes it out, finds it unchanged, and the hint clears.
     check_page(mem, 0, 11);
+    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+    // So the next read installs it write-protected: a write after it is a write-protect fault,
+    // and that write reaches storage too.
+    let before = engine.snapshot();
+    check_page(mem, 0, 11);
+    assert!(!engine.page(0).unwrap().dirty(), "installed clean");
+    write_page(mem, 0, 12);
+    let after = engine.snapshot();
+    assert_eq!(after.write_faults - before.write_faults, 1);
+    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+    assert_eq!(read_host(&engine, 0).unwrap(), page_bytes(0, 12));
+    check_page(mem, 0, 12);
     drop(engine);
 }

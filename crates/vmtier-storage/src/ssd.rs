@@ -523,32 +523,29 @@ impl SsdStore {
     /// in one file) with a single read into `out` (`expected_crcs.len()` × 4096 bytes), checking
     /// every page's crc32c. Used to serve several neighbouring pages with one I/O.
     pub fn read_run(&self, first: SlotId, expected_crcs: &[u32], out: &mut [u8]) -> Result<(), SsdError> {
-        let n = expected_crcs.len() as u32;
-        if out.len() != expected_crcs.len() * PAGE_SIZE
-            || n == 0
-            || first.0 / self.spf() != (first.0 + n - 1) / self.spf()
-        {
-            return Err(SsdError::BufferSize { op: "read_run", slot: first, len: out.len() });
+        let expected: Vec<Option<u32>> = expected_crcs.iter().copied().map(Some).collect();
+        self.read_span(first, &expected, out)
+    }
+
+    /// Like [`read_run`](Self::read_run), but only the slots with `Some(crc)` are wanted and
+    /// checked; the others are read only because they lie between wanted ones (one larger read
+    /// instead of several small ones) and their bytes in `out` mean nothing.
+    pub fn read_span(&self, first: SlotId, expected: &[Option<u32>], out: &mut [u8]) -> Result<(), SsdError> {
+        let n = expected.len() as u32;
+        if out.len() != expected.len() * PAGE_SIZE || n == 0 || first.0 / self.spf() != (first.0 + n - 1) / self.spf() {
+            return Err(SsdError::BufferSize { op: "read_span", slot: first, len: out.len() });
         }
         let (f, offset) = self.locate(first)?;
+        let read_err = |source| SsdError::Read { slot: first, file: f.path.clone(), offset, source };
         if self.cfg.direct_io && !(out.as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
             let mut b = AlignedBuf::zeroed(out.len());
-            f.file.read_exact_at(&mut b, offset).map_err(|source| SsdError::Read {
-                slot: first,
-                file: f.path.clone(),
-                offset,
-                source,
-            })?;
+            f.file.read_exact_at(&mut b, offset).map_err(read_err)?;
             out.copy_from_slice(&b);
         } else {
-            f.file.read_exact_at(out, offset).map_err(|source| SsdError::Read {
-                slot: first,
-                file: f.path.clone(),
-                offset,
-                source,
-            })?;
+            f.file.read_exact_at(out, offset).map_err(read_err)?;
         }
-        for (i, (page, &expected)) in out.chunks_exact(PAGE_SIZE).zip(expected_crcs).enumerate() {
+        for (i, (page, want)) in out.chunks_exact(PAGE_SIZE).zip(expected).enumerate() {
+            let Some(expected) = *want else { continue };
             let actual = crc32c::crc32c(page);
             if actual != expected {
                 return Err(SsdError::Corrupt {

@@ -322,3 +322,26 @@ fn read_run_checks_every_page() {
     // A run may not cross a file boundary.
     assert!(s.read_run(SlotId(6), &crcs, &mut out).is_err());
 }
+
+#[test]
+fn read_span_checks_only_the_wanted_pages() {
+    let (_dir, s) = store(8);
+    let slots = s.alloc_many(4).unwrap();
+    let mut data = AlignedBuf::zeroed(4 * PAGE_SIZE);
+    for (i, chunk) in data.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        chunk.copy_from_slice(&page(20 + i as u64));
+    }
+    let crcs = s.write_many(&slots, &data).unwrap();
+    // Slots 1 and 2 lie between the wanted ones: read, not checked (a wrong crc there is fine).
+    let wanted = [Some(crcs[0]), None, None, Some(crcs[3])];
+    let mut out = AlignedBuf::zeroed(4 * PAGE_SIZE);
+    s.read_span(slots[0], &wanted, &mut out).unwrap();
+    assert_eq!(&out[..PAGE_SIZE], &data[..PAGE_SIZE]);
+    assert_eq!(&out[3 * PAGE_SIZE..], &data[3 * PAGE_SIZE..]);
+    // A wanted page with the wrong checksum fails the read, naming its slot.
+    let bad = [Some(crcs[0]), None, None, Some(crcs[3] ^ 1)];
+    match s.read_span(slots[0], &bad, &mut out) {
+        Err(SsdError::Corrupt { slot, .. }) => assert_eq!(slot, slots[3]),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

@@ -1,25 +1,32 @@
-//! `history`: vmtier's own predictor, a successor table learned from the order in which the
-//! guest touches pages that were not in DRAM (its faults and its first uses of prefetched
-//! pages).
+//! `history`: vmtier's own predictor. Three sources of evidence, most direct first:
 //!
-//! Programs repeat themselves: a loop over a linked structure, a hash table probed in the same
-//! order every pass, a phase that comes back. None of that has a stride, but each page tends to
-//! be followed by the same page as last time. The table remembers, for each page, the page
-//! touched after it and a 2-bit confidence. On a fault the chain of successors is followed
-//! `depth` steps (stopping at an unknown or unconfident link, or a loop), and those pages are
-//! predicted. As with Leap, the depth doubles while predictions are used and halves when they
-//! are not; on a chain that keeps being used the predictor runs ahead of the guest by `depth`
-//! pages, so a repeated traversal stops faulting after its first pass.
+//! 1. **Concurrent streams** ([`Streams`]): the table of up to 16 sequential walks the guest is
+//!    making at once, each followed on its own with a readahead-style window. A merge, a copy,
+//!    a compiler reading one buffer while writing another: between one stream's faults come the
+//!    others', so `stride` and `leap`, which look at the deltas between consecutive faults, see
+//!    noise where this sees two or three plain sequences.
+//! 2. **A constant stride** between consecutive faults ([`Stride`]), for steps larger than a
+//!    stream's gap.
+//! 3. **A successor table** learned from the order in which the guest touches pages that were
+//!    not in DRAM (its faults and its first uses of prefetched pages). Programs repeat
+//!    themselves: a loop over a linked structure, a hash table probed in the same order every
+//!    pass, a phase that comes back. None of that has a stride, but each page tends to be
+//!    followed by the same page as last time. The table remembers, for each page, the page
+//!    touched after it and a 2-bit confidence. On a fault the chain of successors is followed
+//!    `depth` steps (stopping at an unknown or unconfident link, or a loop), and those pages are
+//!    predicted. As with Leap, the depth doubles while predictions are used and halves when
+//!    they are not; on a chain that keeps being used the predictor runs ahead of the guest by
+//!    `depth` pages, so a repeated traversal stops faulting after its first pass.
 //!
-//! A [`Stride`] detector runs beside the table. While it sees a confirmed stride, its
-//! predictions win: a stride is evidence about *now*, while the table may remember a different
-//! order from an earlier phase (say, memory written sequentially, now read with a stride). When
-//! there is no stride, the chain predicts.
+//! Streams and strides are evidence about *now*, while the table may remember a different order
+//! from an earlier phase (say, memory written sequentially, now read with a stride), so they
+//! win when they predict; when they do not, the chain predicts.
 //!
 //! The table is direct-mapped with 2^k entries of 8 bytes (at most one per guest page and at
 //! most 2^22, 32 MiB): a key tag, the successor and the confidence. Collisions overwrite.
 
 use super::Prefetcher;
+use super::streams::Streams;
 use super::stride::Stride;
 
 /// One table entry: a page and the page that followed it.
@@ -44,7 +51,9 @@ pub struct History {
     prev: Option<u64>,
     depth: u64,
     hits: u64,
-    /// The fallback for streams the table has not seen yet.
+    /// Concurrent sequential streams: evidence about now, so they predict first.
+    streams: Streams,
+    /// A constant stride between consecutive faults, larger than a stream's gap.
     stride: Stride,
     /// The furthest page predicted by the last chain walk, to continue from on a use.
     frontier: Option<u64>,
@@ -62,6 +71,7 @@ impl History {
             prev: None,
             depth: 2,
             hits: 0,
+            streams: Streams::new(max),
             stride: Stride::new(max),
             frontier: None,
         }
@@ -133,7 +143,9 @@ impl Prefetcher for History {
         self.hits = 0;
         let mut strided = Vec::new();
         self.stride.on_fault(page, &mut strided);
-        if strided.is_empty() {
+        if self.streams.access(page, false, out) {
+            self.frontier = None;
+        } else if strided.is_empty() {
             self.walk(page, self.depth, out);
         } else {
             self.frontier = None;
@@ -146,7 +158,9 @@ impl Prefetcher for History {
         self.hits += 1;
         let mut strided = Vec::new();
         self.stride.on_use(page, &mut strided);
-        if !strided.is_empty() {
+        if self.streams.access(page, true, out) {
+            self.frontier = None;
+        } else if !strided.is_empty() {
             out.extend(strided);
         } else if let Some(f) = self.frontier {
             // Keep `depth` pages in flight along the chain: one step further per page used.

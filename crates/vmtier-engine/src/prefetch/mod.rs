@@ -10,12 +10,13 @@
 //! | `readahead` | [`readahead`] | the kernel's: a sequential window that doubles while the guest keeps reading into it and collapses on a random fault |
 //! | `stride` | [`stride`] | a constant distance between consecutive faults, confirmed twice |
 //! | `leap` | [`leap`] | Leap (ATC 2020): the majority delta of recent faults over a growing window, prefetch depth adapted to hits |
-//! | `history` | [`history`] | vmtier's: successor table learned from the access order, followed as a chain |
+//! | `history` | [`history`] | vmtier's: concurrent sequential streams followed separately, then a stride, then a successor table learned from the access order, followed as a chain |
 
 pub mod history;
 pub mod leap;
 pub mod none;
 pub mod readahead;
+pub mod streams;
 pub mod stride;
 pub(crate) mod worker;
 

@@ -8,10 +8,11 @@
 //! which prefetched pages were used (accuracy), which arrived after the guest already faulted
 //! on them (timeliness), and which were evicted unused (waste).
 //!
-//! Prefetch never evicts on its own account beyond the MTM's list of coldest pages: it takes a
-//! free frame, or reclaims one of the pages the policy ranked coldest; with neither, the
-//! prediction is dropped. So a prefetched page never pushes out a page hotter than the pages
-//! the policy would evict anyway, and it always counts against the DRAM budget.
+//! Prefetch takes a free frame, or reclaims one of the pages the policy ranked coldest, or a
+//! page the reclaim clock finds idle (not seen in the current tick, not an unused prediction);
+//! with none of these, the prediction is dropped. A prediction is for an access in the next few
+//! milliseconds, so a page idle for a whole tick is colder than it: a prefetched page never
+//! pushes out a page hotter than itself, and it always counts against the DRAM budget.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +21,6 @@ use std::time::Duration;
 
 use tracing::debug;
 use vmtier_uffd::{AlignedBuf, PAGE_SIZE};
-
-use vmtier_storage::ssd::SlotId;
 
 use super::{Prefetcher, PrefetcherKind};
 use crate::page_table::{Home, POISONED, PREFETCHED, RESIDENT};
@@ -130,17 +129,19 @@ impl Prefetch {
 pub(crate) fn worker_loop(p: &Pager, stop: &AtomicBool) {
     let Some(pf) = &p.prefetch else { return };
     let mut batch = Vec::with_capacity(BATCH);
-    let mut buf = AlignedBuf::zeroed(MAX_RUN * PAGE_SIZE);
+    let mut buf = AlignedBuf::zeroed(MAX_SPAN * PAGE_SIZE);
+    let mut evict_buf = AlignedBuf::zeroed(PAGE_SIZE);
     while !stop.load(Ordering::Relaxed) {
         batch.clear();
         pf.take(&mut batch);
         let mut i = 0;
         while i < batch.len() {
-            match install_run(p, &batch[i..], &mut buf) {
-                Run::Installed(n) => {
-                    add(&p.stats.prefetch_issued, n as u64);
-                    i += n;
-                }
+            if in_flight(p) >= p.budget.cap() / IN_FLIGHT_SHARE {
+                add(&p.stats.prefetch_dropped, (batch.len() - i) as u64);
+                break;
+            }
+            match install_run(p, &batch[i..], &mut buf, &mut evict_buf) {
+                Run::Installed(n) => i += n,
                 Run::Skipped => i += 1,
                 Run::NoFrame => {
                     add(&p.stats.prefetch_dropped, (batch.len() - i) as u64);
@@ -151,8 +152,24 @@ pub(crate) fn worker_loop(p: &Pager, stop: &AtomicBool) {
     }
 }
 
-/// Most pages installed with one read and one write.
+/// Predictions resident and not yet used may take at most this share of the DRAM budget
+/// (1/8): beyond it, prefetching pushes out pages the guest is still using and costs more
+/// faults than it saves — several streams, each with a deep window, on a small budget.
+const IN_FLIGHT_SHARE: usize = 8;
+
+/// Prefetched pages resident and not yet used (or evicted unused).
+fn in_flight(p: &Pager) -> usize {
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    c(&p.stats.prefetch_issued).saturating_sub(c(&p.stats.prefetch_used) + c(&p.stats.prefetch_wasted)) as usize
+}
+
+/// Most pages installed from one read.
 const MAX_RUN: usize = 32;
+
+/// Widest span of tier-2 slots one read covers (512 KiB): predictions whose copies lie within
+/// it are read together, the slots between them with them — a strided pattern costs one read
+/// per span instead of one per page.
+const MAX_SPAN: usize = 128;
 
 enum Run {
     /// The first `n` pages of the list were installed.
@@ -163,55 +180,69 @@ enum Run {
     NoFrame,
 }
 
-/// Installs `pages[0]` and, when the next predictions are the next guest pages stored in the
-/// next tier-2 slots of the same file, those too: one read, one `pwrite` for the run.
-fn install_run(p: &Pager, pages: &[u64], buf: &mut AlignedBuf) -> Run {
+/// Installs `pages[0]` and, when the next predictions are tier-2 pages whose slots lie within
+/// [`MAX_SPAN`] slots after its slot in the same file, those too: one read for the span, one
+/// `pwrite` per page. Stops at the first prediction that does not fit. `buf` holds
+/// [`MAX_SPAN`] pages; `evict_buf` (one page) serves evictions that make room.
+fn install_run(p: &Pager, pages: &[u64], buf: &mut AlignedBuf, evict_buf: &mut AlignedBuf) -> Run {
     let page = pages[0] as usize;
     let Some(g) = p.table.get(page).try_lock() else { return Run::Skipped };
     let v = g.view();
     if v.resident() || v.home() == Home::Zero || v.word & POISONED != 0 {
         return Run::Skipped;
     }
-    if !p.reserve_prefetch_frame(buf) {
+    if !p.reserve_prefetch_frame(evict_buf) {
         return Run::NoFrame;
     }
-    let mut guards = vec![g];
-    let mut crcs = vec![v.crc];
+    // (guest page, slot offset from the first slot, guard)
+    let mut run = vec![(page, 0usize, g, v.crc)];
     if let Home::Ssd(first) = v.home() {
         let spf = p.ssd.config().slots_per_file;
-        for (k, &next) in pages.iter().enumerate().skip(1).take(MAX_RUN - 1) {
-            let slot = first.0 + k as u32;
-            if next as usize != page + k || slot / spf != first.0 / spf {
-                break;
-            }
+        for &next in pages.iter().skip(1).take(MAX_RUN - 1) {
             let Some(gk) = p.table.get(next as usize).try_lock() else { break };
             let vk = gk.view();
-            if vk.resident() || vk.word & POISONED != 0 || vk.home() != Home::Ssd(SlotId(slot)) {
+            let Home::Ssd(slot) = vk.home() else { break };
+            let offset = slot.0.wrapping_sub(first.0) as usize;
+            if vk.resident()
+                || vk.word & POISONED != 0
+                || offset == 0
+                || offset >= MAX_SPAN
+                || slot.0 / spf != first.0 / spf
+                || run.iter().any(|r| r.1 == offset)
+                || !p.reserve_prefetch_frame(evict_buf)
+            {
                 break;
             }
-            if !p.budget.try_reserve() {
-                break;
-            }
-            crcs.push(vk.crc);
-            guards.push(gk);
+            run.push((next as usize, offset, gk, vk.crc));
         }
-        let bytes = &mut buf[..crcs.len() * PAGE_SIZE];
-        if guards.len() > 1 && p.ssd.read_run(first, &crcs, bytes).is_ok() {
-            if let Err(e) = p.write_page_cache(page, bytes) {
-                p.budget.release(guards.len());
-                debug!(page, error = %crate::error::chain(&e), "prefetch install failed");
-                return Run::Skipped;
+        if run.len() > 1 {
+            let span = run.iter().map(|r| r.1).max().unwrap_or(0) + 1;
+            let mut expected = vec![None; span];
+            for r in &run {
+                expected[r.1] = Some(r.3);
             }
-            add(&p.stats.bytes_read, bytes.len() as u64);
-            for g in &guards {
-                g.set(RESIDENT | PREFETCHED);
+            let bytes = &mut buf[..span * PAGE_SIZE];
+            if p.ssd.read_span(first, &expected, bytes).is_ok() {
+                add(&p.stats.bytes_read, bytes.len() as u64);
+                let mut installed = 0;
+                for (pg, offset, gk, _) in &run {
+                    let data = &bytes[offset * PAGE_SIZE..(offset + 1) * PAGE_SIZE];
+                    if let Err(e) = p.write_page_cache(*pg, data) {
+                        p.budget.release(1);
+                        debug!(page = pg, error = %crate::error::chain(&e), "prefetch install failed");
+                        continue;
+                    }
+                    gk.set(RESIDENT | PREFETCHED);
+                    installed += 1;
+                }
+                add(&p.stats.prefetch_issued, installed as u64);
+                return Run::Installed(run.len());
             }
-            return Run::Installed(guards.len());
+            // The span read failed: install the first page alone (the demand fault reports a
+            // bad copy of the others exactly).
+            p.budget.release(run.len() - 1);
+            run.truncate(1);
         }
-        // One page, or the run read failed: install the first page alone (the demand fault
-        // reports a bad copy of the others exactly).
-        p.budget.release(guards.len() - 1);
-        guards.truncate(1);
     }
     let one = &mut buf[..PAGE_SIZE];
     let written = p.read_home(page, &v, one).and_then(|()| p.write_page_cache(page, one));
@@ -220,6 +251,7 @@ fn install_run(p: &Pager, pages: &[u64], buf: &mut AlignedBuf) -> Run {
         debug!(page, error = %crate::error::chain(&e), "prefetch install failed");
         return Run::Skipped;
     }
-    guards[0].set(RESIDENT | PREFETCHED);
+    run[0].2.set(RESIDENT | PREFETCHED);
+    add(&p.stats.prefetch_issued, 1);
     Run::Installed(1)
 }
