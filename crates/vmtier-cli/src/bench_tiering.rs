@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use vmtier_engine::{ByteSize, EngineConfig, PolicyKind, Snapshot};
+use vmtier_engine::{ByteSize, EngineConfig, PolicyKind, PrefetcherKind, Snapshot};
 use vmtier_workload::{WorkloadConfig, WorkloadKind};
 
 use crate::baseline::child::{self, ChildEnd, ChildReport, ChildSpec};
@@ -84,6 +84,9 @@ pub struct Args {
     /// kernel has one swap device, so vmtier gets one too (tier 2, on the same disk).
     #[arg(long, value_name = "SECS")]
     tier3_after_secs: Option<u64>,
+    /// vmtier's prefetcher in every vmtier run: none, readahead, stride, leap or history.
+    #[arg(long, default_value = "history")]
+    prefetch: PrefetcherKind,
     /// Write results.json, slowdown.svg and index.html to this directory.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -385,6 +388,7 @@ impl Ctx<'_> {
         cfg.dram = ByteSize(budget);
         cfg.mtm.policy = policy;
         cfg.mtm.cold_after_ms = self.args.tier3_after_secs.map_or(NEVER_COLD_MS, |s| s.saturating_mul(1000));
+        cfg.prefetch.kind = self.args.prefetch;
         let every = Duration::from_secs(self.args.progress_secs.max(1));
         let EngineRun { report, before, after, end } = run_on_engine(cfg, &self.dir, &self.wl, None, label, every)?;
         let counters = snapshot_counters(&before, &after, &end);
@@ -542,11 +546,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ));
     }
     if !args.policies.is_empty() {
-        notes.push(
-            "vmtier: tier 2 is read and written with O_DIRECT; tier 3 (a local directory) goes through the page \
-             cache, so its reads can be served from DRAM outside the budget"
-                .into(),
-        );
+        notes.push(format!(
+            "vmtier: prefetcher {}; tier 2 is read and written with O_DIRECT; {}",
+            args.prefetch,
+            match args.tier3_after_secs {
+                Some(s) => format!(
+                    "pages idle {s} s move to tier 3 (a local directory, through the page cache, so its reads can be \
+                     served from DRAM outside the budget)"
+                ),
+                None => "no page moves to tier 3 (one storage device, like the kernel's)".into(),
+            }
+        ));
     }
     let scan = match (&args.workload, &disk) {
         (&WorkloadKind::Scan { passes }, Some(d)) => {
@@ -586,6 +596,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "seed": args.seed,
             "dram_fractions": args.dram_fractions,
             "policies": args.policies.iter().map(|&p| policy_name(p)).collect::<Vec<_>>(),
+            "prefetch": args.prefetch.name(),
+            "tier3_after_secs": args.tier3_after_secs,
             "rounds": args.rounds,
             "swappiness": args.swappiness,
             "dir": ctx.dir,

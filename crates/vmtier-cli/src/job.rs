@@ -254,6 +254,14 @@ fn print_summary(s: &Snapshot, result: &GuestResult, verified: bool, cfg: &RunCo
         "  fault latency p50 {:.1} us, p99 {:.1} us (n={})",
         s.fault_latency_us.p50, s.fault_latency_us.p99, s.fault_latency_us.count
     );
+    println!(
+        "  metadata {:.1} bytes/page (page table {:.0}, MTM scratch {}, prefetch {}, tier-2 allocator {})",
+        s.metadata_bytes_per_page,
+        s.page_table_bytes_per_page,
+        mib(s.metadata_bytes.mtm_scratch),
+        mib(s.metadata_bytes.prefetch),
+        mib(s.metadata_bytes.tier2_allocator)
+    );
     if let Some(l) = &result.guest_latency {
         println!("  guest-measured fault latency p50 {:.1} us, p99 {:.1} us (n={})", l.p50_us, l.p99_us, l.count);
     }

@@ -16,7 +16,7 @@ use crate::config::EngineConfig;
 use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::mtm::Mtm;
-use crate::page_table::{Home, PageTable, PageView};
+use crate::page_table::{Home, PageEntry, PageTable, PageView};
 use crate::pager::Pager;
 use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
@@ -429,6 +429,25 @@ pub struct Snapshot {
     pub prefetch_wasted_bytes: u64,
     /// Predictions dropped (queue full, or no free or cold frame).
     pub prefetch_dropped: u64,
+    /// DRAM the engine keeps about guest pages, by structure.
+    pub metadata_bytes: MetadataBytes,
+    /// All of `metadata_bytes` per 4 KiB guest page.
+    pub metadata_bytes_per_page: f64,
+    /// The page table alone per guest page: the state kept for every page all the time.
+    pub page_table_bytes_per_page: f64,
+}
+
+/// DRAM the engine keeps about guest pages (not counting guest data itself).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MetadataBytes {
+    /// The page table: 16 bytes per page (`page_table.rs`).
+    pub page_table: u64,
+    /// The MTM's decision scratch: per-page statistics and targets, the policy's own.
+    pub mtm_scratch: u64,
+    /// The prefetcher's tables (`history`'s successor table).
+    pub prefetch: u64,
+    /// The tier-2 slot allocator.
+    pub tier2_allocator: u64,
 }
 
 fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
@@ -447,6 +466,13 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
     let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let ssd = p.ssd.stats().unwrap_or_default();
     let obj = p.object.stats();
+    let metadata = MetadataBytes {
+        page_table: (p.table.len() * size_of::<PageEntry>()) as u64,
+        mtm_scratch: l(&s.mtm_scratch_bytes),
+        prefetch: p.prefetch.as_ref().map_or(0, |pf| pf.table_bytes() as u64),
+        tier2_allocator: ssd.allocator_bytes,
+    };
+    let pages = p.table.len().max(1) as f64;
     Snapshot {
         guest_bytes: cfg.memory.0,
         dram_budget_bytes: cfg.dram.0,
@@ -496,6 +522,13 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         prefetch_wasted: l(&s.prefetch_wasted),
         prefetch_wasted_bytes: l(&s.prefetch_wasted) * PAGE_SIZE as u64,
         prefetch_dropped: l(&s.prefetch_dropped),
+        metadata_bytes_per_page: (metadata.page_table
+            + metadata.mtm_scratch
+            + metadata.prefetch
+            + metadata.tier2_allocator) as f64
+            / pages,
+        page_table_bytes_per_page: metadata.page_table as f64 / pages,
+        metadata_bytes: metadata,
     }
 }
 

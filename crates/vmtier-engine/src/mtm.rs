@@ -136,6 +136,10 @@ impl Mtm {
         let headroom = cfg.headroom_pages;
         let ctx = PolicyContext { dram_pages: p.budget.cap().saturating_sub(headroom), cold_after_ticks };
         self.policy.decide(&ctx, &self.pages, &mut self.targets);
+        let scratch = self.pages.capacity() * size_of::<PageStats>()
+            + self.targets.capacity() * size_of::<Tier>()
+            + self.policy.scratch_bytes();
+        p.stats.mtm_scratch_bytes.store(scratch as u64, Ordering::Relaxed);
 
         let score = |s: &PageStats| (u64::from(s.frequency) << 32) | u64::from(u32::MAX - s.idle_ticks);
         let mut demote: Vec<(u64, usize)> = Vec::new();

@@ -247,6 +247,9 @@ pub struct SsdStats {
     pub file_bytes: u64,
     /// Disk space the slot files occupy (`st_blocks * 512`, summed).
     pub disk_bytes_allocated: u64,
+    /// DRAM the allocator uses: two bits per slot of every file, the live count per file, and
+    /// about 8 bytes per free slot in the free set (a B-tree of `u32`, estimated).
+    pub allocator_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -661,14 +664,21 @@ impl SsdStore {
 
     /// Occupancy and disk usage of the store.
     pub fn stats(&self) -> Result<SsdStats, SsdError> {
-        let (live, free) = {
+        let (live, free, allocator_bytes) = {
             let st = self.alloc.lock();
             let live: u64 = st.live_per_file.iter().map(|&l| u64::from(l)).sum();
-            (live, st.free.len() as u64)
+            let words = (st.live.capacity() + st.hole.capacity()) * size_of::<u64>();
+            let bytes = words + st.live_per_file.capacity() * size_of::<u32>() + st.free.len() * 8;
+            (live, st.free.len() as u64, bytes as u64)
         };
         let files: Vec<Arc<SlotFile>> = self.files.read().clone();
-        let mut stats =
-            SsdStats { files: files.len() as u32, live_slots: live, free_slots: free, ..SsdStats::default() };
+        let mut stats = SsdStats {
+            files: files.len() as u32,
+            live_slots: live,
+            free_slots: free,
+            allocator_bytes,
+            ..SsdStats::default()
+        };
         for f in &files {
             let meta = f.file.metadata().map_err(|source| SsdError::Stat { file: f.path.clone(), source })?;
             stats.file_bytes += meta.len();

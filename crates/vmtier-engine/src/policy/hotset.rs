@@ -29,6 +29,10 @@ impl Policy for HotsetPolicy {
         "hotset"
     }
 
+    fn scratch_bytes(&self) -> usize {
+        self.order.capacity() * size_of::<u32>()
+    }
+
     fn decide(&mut self, ctx: &PolicyContext, pages: &[PageStats], out: &mut [Tier]) {
         self.order.clear();
         for (i, (p, o)) in pages.iter().zip(out.iter_mut()).enumerate() {

@@ -59,6 +59,11 @@ pub trait Policy: Send + std::fmt::Debug {
     /// Writes the tier for `pages[i]` into `out[i]` (`out` has the same length).
     fn decide(&mut self, ctx: &PolicyContext, pages: &[PageStats], out: &mut [Tier]);
 
+    /// Bytes of working memory the policy keeps between decisions.
+    fn scratch_bytes(&self) -> usize {
+        0
+    }
+
     /// Whether resident pages decided for tier 3 are demoted at once rather than only when DRAM
     /// needs room.
     fn eager_demotion(&self) -> bool {

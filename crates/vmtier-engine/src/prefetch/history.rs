@@ -137,6 +137,10 @@ impl Prefetcher for History {
         "history"
     }
 
+    fn table_bytes(&self) -> usize {
+        self.table.len() * size_of::<Entry>() + self.conf.len()
+    }
+
     fn on_fault(&mut self, page: u64, out: &mut Vec<u64>) {
         self.touch(page);
         self.depth = if self.hits > 0 { (self.depth * 2).min(self.max) } else { (self.depth / 2).max(2) };

@@ -37,6 +37,11 @@ pub trait Prefetcher: Send + fmt::Debug {
     /// The guest faulted on `page` (it was not in DRAM).
     fn on_fault(&mut self, page: u64, out: &mut Vec<u64>);
 
+    /// Bytes of tables the predictor keeps (for the metadata report).
+    fn table_bytes(&self) -> usize {
+        0
+    }
+
     /// The guest touched `page` for the first time since this prefetcher had it brought in.
     fn on_use(&mut self, page: u64, out: &mut Vec<u64>) {
         let _ = (page, out);

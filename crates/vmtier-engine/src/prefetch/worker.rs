@@ -60,6 +60,11 @@ impl Prefetch {
         self.kind
     }
 
+    /// Bytes of the predictor's tables.
+    pub(crate) fn table_bytes(&self) -> usize {
+        self.predictor.lock().unwrap_or_else(PoisonError::into_inner).table_bytes()
+    }
+
     /// A demand fault on `page` is about to be served: a prediction still queued for it came
     /// too late, and is dropped.
     pub(crate) fn note_demand(&self, p: &Pager, page: u64) {
