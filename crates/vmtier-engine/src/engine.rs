@@ -196,6 +196,10 @@ impl Engine {
             let (p, s) = (Arc::clone(&pager), Arc::clone(&stop));
             engine.threads.push(spawn("vmtier-mtm", move || mtm.run(&p, &s))?);
         }
+        if cfg.mtm.enabled && cfg.mtm.headroom_pages > 0 {
+            let (p, s) = (Arc::clone(&pager), Arc::clone(&stop));
+            engine.threads.push(spawn("vmtier-reclaim", move || p.reclaim_loop(&s))?);
+        }
         if pager.prefetch.is_some() {
             let (p, s) = (Arc::clone(&pager), Arc::clone(&stop));
             engine.threads.push(spawn("vmtier-prefetch", move || crate::prefetch::worker::worker_loop(&p, &s))?);

@@ -12,7 +12,8 @@
 //! new slot or segment and the old one is freed after, so a stored copy is never overwritten in
 //! place.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tracing::{error, trace, warn};
@@ -46,6 +47,8 @@ fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
 /// How far direct reclaim may go beyond the MTM's list of coldest pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Clock {
+    /// None: only the MTM's victims.
+    VictimsOnly,
     /// Pages the clock hand finds idle: not observed since it last passed, not an unused
     /// prediction.
     IdleOnly,
@@ -81,6 +84,8 @@ pub struct Pager {
     fault_around: usize,
     /// Free frames the MTM keeps; fault-around never eats into them.
     headroom: usize,
+    /// The background reclaimer's thread, to wake it (set when it starts).
+    reclaimer: OnceLock<std::thread::Thread>,
 }
 
 /// Most pages written to tier 2 with one batch (1 MiB).
@@ -131,6 +136,7 @@ impl Pager {
             segment_pages,
             fault_around,
             headroom,
+            reclaimer: OnceLock::new(),
         }
     }
 
@@ -381,6 +387,7 @@ impl Pager {
     pub(crate) fn reserve_frame(&self, buf: &mut AlignedBuf) -> bool {
         for _ in 0..8 {
             if self.budget.try_reserve() {
+                self.wake_reclaimer();
                 return true;
             }
             if !self.reclaim_one(buf, Clock::Any) {
@@ -397,13 +404,78 @@ impl Pager {
     /// access in the next few milliseconds; a page idle for a whole turn of the clock is colder
     /// than that, and a page observed since is never pushed out for it.
     pub(crate) fn reserve_prefetch_frame(&self, buf: &mut AlignedBuf) -> bool {
-        self.budget.try_reserve() || (self.reclaim_one(buf, Clock::IdleOnly) && self.budget.try_reserve())
+        let got = self.budget.try_reserve() || (self.reclaim_one(buf, Clock::IdleOnly) && self.budget.try_reserve());
+        self.wake_reclaimer();
+        got
     }
 
     /// Puts `buf` into the memfd's page cache at `page` without mapping it: the guest's next
     /// access is a MINOR fault.
     pub(crate) fn write_page_cache(&self, page: usize, buf: &[u8]) -> Result<(), EngineError> {
         self.memfd.write_at(buf, Self::offset(page)).map_err(page_err("pwrite", page))
+    }
+
+    /// Wakes the background reclaimer if free frames are below half the headroom.
+    fn wake_reclaimer(&self) {
+        if let Some(t) = self.reclaimer.get()
+            && self.budget.free() < self.headroom / 2
+        {
+            t.unpark();
+        }
+    }
+
+    /// The background reclaimer (kswapd's role): whenever free frames fall below half the
+    /// headroom, evicts in batches — the MTM's coldest pages, else pages the clock finds idle —
+    /// until the headroom is free again, so a fault's own path reads and installs but rarely
+    /// writes. Runs until `stop` is set.
+    pub(crate) fn reclaim_loop(&self, stop: &AtomicBool) {
+        let _ = self.reclaimer.set(std::thread::current());
+        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+        while !stop.load(Ordering::Relaxed) {
+            if self.budget.free() >= self.headroom / 2 {
+                std::thread::park_timeout(std::time::Duration::from_millis(10));
+                continue;
+            }
+            while self.budget.free() < self.headroom && !stop.load(Ordering::Relaxed) {
+                if !self.reclaim_batch(&mut buf) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Evicts up to [`RECLAIM_BATCH`] pages with one write: the MTM's coldest, else pages the
+    /// clock finds idle. Returns whether anything was evicted.
+    fn reclaim_batch(&self, buf: &mut AlignedBuf) -> bool {
+        if self.reclaim_one(buf, Clock::VictimsOnly) {
+            return true;
+        }
+        let n = self.table.len();
+        let mut batch = Vec::with_capacity(RECLAIM_BATCH);
+        for _ in 0..n.min(RECLAIM_BATCH * CLOCK_SECOND_CHANCES) {
+            if batch.len() == RECLAIM_BATCH {
+                break;
+            }
+            let page = self.clock.fetch_add(1, Ordering::Relaxed) % n;
+            let entry = self.table.get(page);
+            let v = entry.view();
+            if !v.resident() || v.word & PREFETCHED != 0 {
+                continue;
+            }
+            if v.word & REFERENCED != 0 {
+                entry.set_hint(REFERENCED, false);
+                continue;
+            }
+            batch.push(page);
+        }
+        match self.move_batch(&batch, Tier::Ssd) {
+            Ok(moved) => moved > 0,
+            Err(e) => {
+                bump(&self.stats.io_errors);
+                error!(error = %crate::error::chain(&e), "background eviction failed");
+                false
+            }
+        }
     }
 
     /// Evicts one resident page: an MTM-chosen victim if there is one, else the first page a
@@ -433,7 +505,11 @@ impl Pager {
                 }
             }
         }
-        let passes = if clock == Clock::Any { 2 } else { 1 };
+        let passes = match clock {
+            Clock::VictimsOnly => return false,
+            Clock::IdleOnly => 1,
+            Clock::Any => 2,
+        };
         let n = self.table.len();
         for pass in 0..passes {
             // Pass 0 is second-chance CLOCK: a page observed since the hand last passed

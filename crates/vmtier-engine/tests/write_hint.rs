@@ -6,7 +6,7 @@ mod common;
 
 use vmtier_engine::{Engine, Tier};
 
-use common::{check_page, config, page_bytes, read_host, write_page};
+use common::{check_page, config, page_bytes, read_host, retry_busy, write_page};
 
 #[test]
 fn written_pages_come_back_writable() {
@@ -15,7 +15,7 @@ fn written_pages_come_back_writable() {
     let mem = engine.guest_words();
 
     write_page(mem, 0, 10);
-    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+    assert!(retry_busy("evict", || engine.move_page(0, Tier::Ssd)).unwrap());
 
     // Page 0: its last access was a write, so a read fault installs it writable.
     let before = engine.snapshot();
@@ -25,13 +25,13 @@ fn written_pages_come_back_writable() {
     assert_eq!(after.faults - before.faults, 1, "one MISSING fault for the read");
     assert_eq!(after.write_faults - before.write_faults, 0, "no write-protect fault for the write after it");
     // The write is not lost: the eviction writes it out and it reads back.
-    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+    assert!(retry_busy("evict", || engine.move_page(0, Tier::Ssd)).unwrap());
     assert_eq!(read_host(&engine, 0).unwrap(), page_bytes(0, 11));
 
     // Read again (installed writable: modified last time) but not written: the eviction still
     // writes it out, finds it unchanged, and the hint clears.
     check_page(mem, 0, 11);
-    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+    assert!(retry_busy("evict", || engine.move_page(0, Tier::Ssd)).unwrap());
     // So the next read installs it write-protected: a write after it is a write-protect fault,
     // and that write reaches storage too.
     let before = engine.snapshot();
@@ -40,7 +40,7 @@ fn written_pages_come_back_writable() {
     write_page(mem, 0, 12);
     let after = engine.snapshot();
     assert_eq!(after.write_faults - before.write_faults, 1);
-    assert!(engine.move_page(0, Tier::Ssd).unwrap());
+    assert!(retry_busy("evict", || engine.move_page(0, Tier::Ssd)).unwrap());
     assert_eq!(read_host(&engine, 0).unwrap(), page_bytes(0, 12));
     check_page(mem, 0, 12);
     drop(engine);
