@@ -181,15 +181,18 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
                 wake();
                 return Outcome::Done;
             }
-            if write {
+            let prefetched = v.word & PREFETCHED != 0;
+            // A prefetched page modified during its last residency is mapped writable, as a
+            // read fault installs one (see the MISSING case).
+            let writable = write || (prefetched && v.word & WRITTEN != 0);
+            if writable {
                 g.set(DIRTY);
             }
-            let prefetched = v.word & PREFETCHED != 0;
             if prefetched {
                 g.clear(PREFETCHED);
                 bump(&p.stats.prefetch_used);
             }
-            match p.uffd.continue_(address, PAGE_SIZE, !(v.dirty() || write)) {
+            match p.uffd.continue_(address, PAGE_SIZE, !(v.dirty() || writable)) {
                 Ok(Filled::Done) => {}
                 Ok(Filled::AlreadyPresent) => wake(),
                 Err(e) => error!(page, error = %crate::error::chain(&e), "UFFDIO_CONTINUE failed"),

@@ -104,3 +104,39 @@ fn prefetched_pages_never_break_the_dram_budget() {
     assert!(s.prefetch_issued > 0, "prefetch ran");
     assert!(s.prefetch_used + s.prefetch_wasted <= s.prefetch_issued, "{s:?}");
 }
+
+#[test]
+fn prefetched_pages_modified_last_time_come_back_writable() {
+    // Pages written, stored, then read and rewritten in order: readahead brings them in ahead
+    // of the guest, and because each was modified during its last residency its first touch
+    // maps it writable, so the rewrite that follows costs no write-protect fault.
+    let (mut cfg, _dir) = config(1024, 1024);
+    cfg.prefetch.kind = PrefetcherKind::Readahead;
+    cfg.fault.fault_around_pages = 1;
+    let engine = Engine::start(cfg).unwrap();
+    let mem = engine.guest_words();
+    for p in 0..512 {
+        write_page(mem, p, p as u64 + 1);
+    }
+    for p in 0..512 {
+        retry_busy("demote", || engine.move_page(p, Tier::Ssd)).unwrap();
+    }
+    let before = engine.snapshot();
+    for p in 0..512 {
+        check_page(mem, p, p as u64 + 1);
+        write_page(mem, p, p as u64 + 1000);
+    }
+    let s = engine.snapshot();
+    let used = s.prefetch_used - before.prefetch_used;
+    let wp = s.write_faults - before.write_faults;
+    eprintln!("used {used}, write-protect faults {wp}, faults {}", s.faults - before.faults);
+    assert!(used > 300, "readahead brought pages in ahead: {used}");
+    assert!(wp < 16, "{wp} write-protect faults for 512 rewrites");
+    // Every rewrite reaches storage.
+    for p in 0..512 {
+        retry_busy("demote", || engine.move_page(p, Tier::Ssd)).unwrap();
+    }
+    for p in 0..512 {
+        check_page(mem, p, p as u64 + 1000);
+    }
+}
