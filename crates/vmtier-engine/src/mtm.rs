@@ -86,19 +86,38 @@ impl Mtm {
         let per_tick = (self.cfg.tracker.sample_pages_per_sec * self.cfg.mtm.tick_ms / 1000) as usize;
         let n = p.table.len();
         let mut zapped = 0;
+        // Runs of consecutive resident pages are unmapped with one call: one TLB flush per run.
+        let mut run: Option<(usize, usize)> = None;
+        let zap = |(first, len): (usize, usize)| {
+            map.zap(first * PAGE_SIZE, len * PAGE_SIZE).map_err(|e| {
+                error!(page = first, pages = len, error = %crate::error::chain(&e), "sampling unmap failed");
+            })
+        };
         for _ in 0..n {
             if zapped >= per_tick {
                 break;
             }
             let page = self.sample_hand;
             self.sample_hand = (self.sample_hand + 1) % n;
-            if p.table.get(page).view().resident() {
-                if let Err(e) = map.zap(page * PAGE_SIZE, PAGE_SIZE) {
-                    error!(page, error = %crate::error::chain(&e), "sampling unmap failed");
-                    return;
-                }
-                zapped += 1;
+            if !p.table.get(page).view().resident() {
+                continue;
             }
+            zapped += 1;
+            run = match run {
+                Some((first, len)) if first + len == page => Some((first, len + 1)),
+                Some(r) => {
+                    if zap(r).is_err() {
+                        return;
+                    }
+                    Some((page, 1))
+                }
+                None => Some((page, 1)),
+            };
+        }
+        if let Some(r) = run
+            && zap(r).is_err()
+        {
+            return;
         }
         add(&p.stats.sampled, zapped as u64);
     }

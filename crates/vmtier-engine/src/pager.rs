@@ -373,13 +373,18 @@ impl Pager {
     /// Drops a resident page from DRAM (its content is stored or unchanged) and frees its frame.
     fn drop_frame(&self, page: usize, g: &PageGuard<'_>) -> Result<(), EngineError> {
         self.memfd.punch_hole(Self::offset(page), PAGE_SIZE as u64).map_err(page_err("fallocate(PUNCH_HOLE)", page))?;
+        self.forget_frame(g);
+        Ok(())
+    }
+
+    /// The bookkeeping of a dropped frame, once its memfd page is punched out.
+    fn forget_frame(&self, g: &PageGuard<'_>) {
         if g.view().word & PREFETCHED != 0 {
             bump(&self.stats.prefetch_wasted);
         }
         g.clear(RESIDENT | DIRTY | PREFETCHED);
         self.budget.release(1);
         bump(&self.stats.demotions);
-        Ok(())
     }
 
     /// Reserves a DRAM frame for a fault, evicting a cold page on the spot if DRAM is full.
@@ -594,7 +599,10 @@ impl Pager {
             Tier::Object => self.segment_pages,
             _ => BATCH_PAGES,
         };
+        // Pages whose content is written, its bytes at their index in `data`.
         let mut held: Vec<(usize, PageGuard<'_>, PageView)> = Vec::with_capacity(pages.len().min(cap));
+        // Resident pages that leave DRAM without a write (unchanged since stored, or zeros).
+        let mut dropped: Vec<(usize, PageGuard<'_>)> = Vec::new();
         let mut data = AlignedBuf::zeroed(cap.min(pages.len()).max(1) * PAGE_SIZE);
         let mut moved = 0;
         for &page in pages {
@@ -606,7 +614,6 @@ impl Pager {
             if v.word & POISONED != 0 {
                 continue;
             }
-            let chunk = &mut data[held.len() * PAGE_SIZE..(held.len() + 1) * PAGE_SIZE];
             if v.resident() {
                 let stored_ok = match (to, v.home()) {
                     (_, Home::Zero) => true,
@@ -615,26 +622,12 @@ impl Pager {
                     _ => true,
                 };
                 if !v.dirty() && stored_ok {
-                    // Unchanged since stored (or still zeros): drop it, no write.
-                    self.drop_frame(page, &g)?;
                     bump(&self.stats.clean_evictions);
-                    moved += 1;
-                    continue;
-                }
-                if v.dirty() {
-                    self.uffd
-                        .write_protect(self.addr(page), PAGE_SIZE, true, false)
-                        .map_err(page_err("UFFDIO_WRITEPROTECT", page))?;
-                }
-                self.memfd.read_at(chunk, Self::offset(page)).map_err(page_err("pread", page))?;
-                if v.dirty() && chunk.iter().all(|&b| b == 0) {
-                    g.set_home(Home::Zero, 0);
-                    self.release(v.home());
-                    self.drop_frame(page, &g)?;
-                    moved += 1;
+                    dropped.push((page, g));
                     continue;
                 }
             } else if to == Tier::Object && matches!(v.home(), Home::Ssd(_)) {
+                let chunk = &mut data[held.len() * PAGE_SIZE..(held.len() + 1) * PAGE_SIZE];
                 if let Err(e) = self.read_home(page, &v, chunk) {
                     if e.is_corruption() {
                         error!(page, error = %crate::error::chain(&e), "corrupt tier-2 copy found while moving to tier 3; page poisoned");
@@ -650,48 +643,99 @@ impl Pager {
             }
             held.push((page, g, v));
         }
-        if held.is_empty() {
+        // Unchanged pages first: their frames are free whatever happens to the write.
+        moved += self.drop_frames(&mut dropped)?;
+
+        // Dirty pages are write-protected before their content is read, so a write racing the
+        // eviction faults and waits for the page lock instead of being lost. Contiguous pages
+        // share one ioctl (and one TLB flush).
+        let mut dirty: Vec<usize> = held.iter().filter(|(_, _, v)| v.resident() && v.dirty()).map(|h| h.0).collect();
+        dirty.sort_unstable();
+        for (first, n) in runs(&dirty) {
+            self.uffd
+                .write_protect(self.addr(first), n * PAGE_SIZE, true, false)
+                .map_err(page_err("UFFDIO_WRITEPROTECT", first))?;
+        }
+        // Read the resident pages' content; a dirty page that is all zeros goes back to the zero
+        // state instead of storage.
+        let mut kept = Vec::with_capacity(held.len());
+        for (i, (page, g, v)) in held.into_iter().enumerate() {
+            if v.resident() {
+                let chunk = &mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                self.memfd.read_at(chunk, Self::offset(page)).map_err(page_err("pread", page))?;
+                if v.dirty() && chunk.iter().all(|&b| b == 0) {
+                    g.set_home(Home::Zero, 0);
+                    self.release(v.home());
+                    dropped.push((page, g));
+                    continue;
+                }
+            }
+            kept.push((i, page, g, v));
+        }
+        moved += self.drop_frames(&mut dropped)?;
+        if kept.is_empty() {
             return Ok(moved);
         }
-        let data = &data[..held.len() * PAGE_SIZE];
+        // Pack the kept pages' bytes to the front of `data`, in order.
+        for (k, &(i, ..)) in kept.iter().enumerate() {
+            if i != k {
+                data.copy_within(i * PAGE_SIZE..(i + 1) * PAGE_SIZE, k * PAGE_SIZE);
+            }
+        }
+        let data = &data[..kept.len() * PAGE_SIZE];
         let written = match to {
             Tier::Object => {
-                let batch: Vec<(u64, &[u8])> = held
+                let batch: Vec<(u64, &[u8])> = kept
                     .iter()
                     .enumerate()
-                    .map(|(i, (page, _, _))| (*page as u64, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+                    .map(|(k, (_, page, _, _))| (*page as u64, &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]))
                     .collect();
                 self.object
                     .write_segment(&batch)
                     .map(|locs| locs.into_iter().map(|(loc, crc)| (Home::Object(loc), crc)).collect::<Vec<_>>())
-                    .map_err(|source| EngineError::Tier3 { page: held[0].0 as u64, source })
+                    .map_err(|source| EngineError::Tier3 { page: kept[0].1 as u64, source })
             }
-            _ => self.write_slots(data, held[0].0),
+            _ => self.write_slots(data, kept[0].1),
         };
-        let homes = match written {
-            Ok(homes) => homes,
-            Err(e) => {
-                // Pages stay where they were; dirty ones stay write-protected until their next
-                // write, which the WP fault handles as usual.
-                return Err(e);
-            }
-        };
-        let bytes = (held.len() * PAGE_SIZE) as u64;
+        // On error pages stay where they were; dirty ones stay write-protected until their next
+        // write, which the WP fault handles as usual.
+        let homes = written?;
+        let bytes = (kept.len() * PAGE_SIZE) as u64;
         add(if to == Tier::Object { &self.stats.tier3_bytes_written } else { &self.stats.tier2_bytes_written }, bytes);
-        for ((page, g, v), (home, crc)) in held.iter().zip(homes) {
+        for ((_, page, g, v), (home, crc)) in kept.into_iter().zip(homes) {
             if v.resident() {
-                note_modified(g, v, crc);
+                note_modified(&g, &v, crc);
             }
             g.set_home(home, crc);
             self.release(v.home());
             if v.resident() {
-                self.drop_frame(*page, g)?;
+                dropped.push((page, g));
             } else {
                 bump(&self.stats.moves_2_to_3);
+                moved += 1;
             }
-            moved += 1;
         }
+        moved += self.drop_frames(&mut dropped)?;
         Ok(moved)
+    }
+
+    /// Drops the frames of `pages` (locked, resident, content stored or unchanged) with one hole
+    /// punch per run of contiguous pages — one TLB flush per run rather than per page — and
+    /// empties the list. Returns how many were dropped.
+    fn drop_frames(&self, pages: &mut Vec<(usize, PageGuard<'_>)>) -> Result<usize, EngineError> {
+        pages.sort_unstable_by_key(|p| p.0);
+        let list: Vec<usize> = pages.iter().map(|p| p.0).collect();
+        for (first, n) in runs(&list) {
+            self.memfd
+                .punch_hole(Self::offset(first), (n * PAGE_SIZE) as u64)
+                .map_err(page_err("fallocate(PUNCH_HOLE)", first))?;
+        }
+        for (_, g) in pages.iter() {
+            self.forget_frame(g);
+        }
+        let n = pages.len();
+        pages.clear();
+        Ok(n)
     }
 
     /// Writes pages (back to back in `data`) to freshly allocated tier-2 slots.
@@ -837,5 +881,28 @@ impl Pager {
             }
         }
         Ok(moved)
+    }
+}
+
+/// Runs of consecutive numbers in sorted `pages`, as (first, length).
+fn runs(pages: &[usize]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &p in pages {
+        match out.last_mut() {
+            Some((first, n)) if *first + *n == p => *n += 1,
+            _ => out.push((p, 1)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::runs;
+
+    #[test]
+    fn runs_of_consecutive_pages() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[3, 4, 5, 9, 11, 12]), vec![(3, 3), (9, 1), (11, 2)]);
     }
 }
