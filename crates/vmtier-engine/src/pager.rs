@@ -725,17 +725,25 @@ impl Pager {
     fn drop_frames(&self, pages: &mut Vec<(usize, PageGuard<'_>)>) -> Result<usize, EngineError> {
         pages.sort_unstable_by_key(|p| p.0);
         let list: Vec<usize> = pages.iter().map(|p| p.0).collect();
+        let mut done = 0;
         for (first, n) in runs(&list) {
-            self.memfd
+            // A run's frames are forgotten only once its hole is punched: on an error the pages
+            // not yet punched stay resident, their content intact.
+            let punched = self
+                .memfd
                 .punch_hole(Self::offset(first), (n * PAGE_SIZE) as u64)
-                .map_err(page_err("fallocate(PUNCH_HOLE)", first))?;
+                .map_err(page_err("fallocate(PUNCH_HOLE)", first));
+            if let Err(e) = punched {
+                pages.clear();
+                return Err(e);
+            }
+            for (_, g) in &pages[done..done + n] {
+                self.forget_frame(g);
+            }
+            done += n;
         }
-        for (_, g) in pages.iter() {
-            self.forget_frame(g);
-        }
-        let n = pages.len();
         pages.clear();
-        Ok(n)
+        Ok(done)
     }
 
     /// Writes pages (back to back in `data`) to freshly allocated tier-2 slots.
