@@ -32,15 +32,16 @@ use crate::stats::{Stats, add, bump};
 use crate::tracker::{AccessKind, Tracker};
 
 /// At the eviction of a dirty page whose new copy has checksum `crc`: records in `WRITTEN`
-/// whether its content changed during this residency (a page installed writable on a guess may
-/// not have been written), which decides how its next read fault installs it. Only a hint:
-/// the page is written out either way, so a checksum collision costs a fault, never data.
+/// whether its stored content changed during this residency (a page installed writable on a
+/// guess may not have been written), which decides how its next read fault installs it. A
+/// page stored for the first time says nothing about rewrites — memory is written once and
+/// then mostly read — so it starts as not written. Only a hint: the page is written out either
+/// way, so a checksum collision costs a fault, never data.
 fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
-    let unchanged = v.home() != Home::Zero && crc == v.crc;
-    if unchanged {
-        g.clear(WRITTEN);
-    } else {
+    if v.home() != Home::Zero && crc != v.crc {
         g.set(WRITTEN);
+    } else {
+        g.clear(WRITTEN);
     }
 }
 

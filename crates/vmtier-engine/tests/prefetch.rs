@@ -115,15 +115,19 @@ fn prefetched_pages_modified_last_time_come_back_writable() {
     cfg.fault.fault_around_pages = 1;
     let engine = Engine::start(cfg).unwrap();
     let mem = engine.guest_words();
-    for p in 0..512 {
-        write_page(mem, p, p as u64 + 1);
-    }
-    for p in 0..512 {
-        retry_busy("demote", || engine.move_page(p, Tier::Ssd)).unwrap();
+    // Stored, then rewritten with new content and stored again: modified during the last
+    // residency (a page stored for the first time does not count).
+    for value in [1, 500] {
+        for p in 0..512 {
+            write_page(mem, p, p as u64 + value);
+        }
+        for p in 0..512 {
+            retry_busy("demote", || engine.move_page(p, Tier::Ssd)).unwrap();
+        }
     }
     let before = engine.snapshot();
     for p in 0..512 {
-        check_page(mem, p, p as u64 + 1);
+        check_page(mem, p, p as u64 + 500);
         write_page(mem, p, p as u64 + 1000);
     }
     let s = engine.snapshot();

@@ -1,6 +1,7 @@
-//! A page modified during its last residency comes back writable: reading it after an eviction
-//! costs one MISSING fault and no write-protect fault, and its next eviction writes the new
-//! content. One that came back writable but was not modified comes back write-protected next.
+//! A page whose stored content changed during its last residency comes back writable: reading
+//! it after an eviction costs one MISSING fault and no write-protect fault, and its next
+//! eviction writes the new content. A page stored for the first time, or one that came back
+//! writable but was not modified, comes back write-protected.
 
 mod common;
 
@@ -14,12 +15,26 @@ fn written_pages_come_back_writable() {
     let engine = Engine::start(cfg).expect("start engine");
     let mem = engine.guest_words();
 
+    // Stored for the first time: that says nothing about rewrites, so it comes back
+    // write-protected and its rewrite is a write-protect fault.
     write_page(mem, 0, 10);
     assert!(retry_busy("evict", || engine.move_page(0, Tier::Ssd)).unwrap());
-
-    // Page 0: its last access was a write, so a read fault installs it writable.
     let before = engine.snapshot();
     check_page(mem, 0, 10);
+    assert!(!engine.page(0).unwrap().dirty(), "installed clean");
+    write_page(mem, 0, 10);
+    assert_eq!(engine.snapshot().write_faults - before.write_faults, 1);
+    assert!(retry_busy("evict", || engine.move_page(0, Tier::Ssd)).unwrap());
+
+    // That rewrite kept the content, which the eviction's checksum sees: still not "written".
+    // Now change it.
+    check_page(mem, 0, 10);
+    write_page(mem, 0, 15);
+    assert!(retry_busy("evict", || engine.move_page(0, Tier::Ssd)).unwrap());
+
+    // Page 0 was modified during its last residency, so a read fault installs it writable.
+    let before = engine.snapshot();
+    check_page(mem, 0, 15);
     write_page(mem, 0, 11);
     let after = engine.snapshot();
     assert_eq!(after.faults - before.faults, 1, "one MISSING fault for the read");
