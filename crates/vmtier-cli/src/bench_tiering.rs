@@ -445,14 +445,7 @@ fn validate(args: &Args) -> anyhow::Result<()> {
 /// Runs the comparison and prints it.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     validate(args)?;
-    let wl = WorkloadConfig {
-        kind: args.workload.clone(),
-        accesses: args.accesses,
-        threads: args.threads,
-        seed: args.seed,
-        write_fraction: args.write_fraction,
-        ..WorkloadConfig::default()
-    };
+    let wl = child::workload_config(&args.workload, args.accesses, args.threads, args.seed, args.write_fraction);
     wl.validate((args.memory.0 / 8) as usize)?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize().with_context(|| format!("resolving {}", args.dir.display()))?;

@@ -82,16 +82,20 @@ fn faults() -> Faults {
     Faults { major: ru.ru_majflt as u64, minor: ru.ru_minflt as u64, max_rss_kib: ru.ru_maxrss as u64 }
 }
 
+/// The workload the bench's options describe (the child and the bench build it the same way).
+pub fn workload_config(
+    kind: &WorkloadKind,
+    accesses: u64,
+    threads: usize,
+    seed: u64,
+    write_fraction: f64,
+) -> WorkloadConfig {
+    WorkloadConfig { kind: kind.clone(), accesses, threads, seed, write_fraction, ..WorkloadConfig::default() }
+}
+
 /// Runs the child's side: allocate, run the guest, print the report. Returns whether it verified.
 pub fn run(args: &Args) -> anyhow::Result<bool> {
-    let wl = WorkloadConfig {
-        kind: args.workload.clone(),
-        accesses: args.accesses,
-        threads: args.threads,
-        seed: args.seed,
-        write_fraction: args.write_fraction,
-        ..WorkloadConfig::default()
-    };
+    let wl = workload_config(&args.workload, args.accesses, args.threads, args.seed, args.write_fraction);
     let mem = AnonMapping::new(args.memory.0 as usize)?;
     // 4 KiB pages, as vmtier's guest memory has, whatever the system's THP default.
     // SAFETY: advice on this process's own fresh mapping; it changes no contents.
