@@ -12,7 +12,7 @@
 //! | | 3 | `LOCKED`: a move of this page is in progress |
 //! | | 4 | `DIRTY`: the DRAM copy differs from the stored copy |
 //! | | 5 | `CLEAN`: a secondary can read the stored copy (set by replication) |
-//! | | 6 | `WRITTEN`: the page was modified during its last residency (set by a write, decided at eviction) |
+//! | | 6 | `WRITTEN`: the page's stored content changed during its last residency (set by a write, decided at eviction; clear after a first store) |
 //! | | 7 | `POISONED`: the stored copy failed its checksum; the page is unreadable |
 //! | | 8–55 | location: tier-2 slot, or tier-3 `segment << 16 \| index` |
 //! | | 62 | `REFERENCED`: observed since the reclaim clock's hand last passed (second chance) |
@@ -35,8 +35,8 @@ const LOCKED: u64 = 1 << 3;
 pub const DIRTY: u64 = 1 << 4;
 /// The stored copy is readable by a secondary.
 pub const CLEAN: u64 = 1 << 5;
-/// Modified during its last residency: a write was observed, or its content had changed when it
-/// was evicted.
+/// Stored content changed during the last residency (decided at eviction by the checksum; a page
+/// stored for the first time starts clear). Until the eviction, set by any observed write.
 pub const WRITTEN: u64 = 1 << 6;
 /// Stored copy is corrupt.
 pub const POISONED: u64 = 1 << 7;

@@ -9,10 +9,11 @@
 //! on them (timeliness), and which were evicted unused (waste).
 //!
 //! Prefetch takes a free frame, or reclaims one of the pages the policy ranked coldest, or a
-//! page the reclaim clock finds idle (not seen in the current tick, not an unused prediction);
-//! with none of these, the prediction is dropped. A prediction is for an access in the next few
-//! milliseconds, so a page idle for a whole tick is colder than it: a prefetched page never
-//! pushes out a page hotter than itself, and it always counts against the DRAM budget.
+//! page the second-chance reclaim clock finds idle (not observed since the hand last passed it,
+//! not an unused prediction); with none of these, the prediction is dropped. A prediction is
+//! for an access in the next few milliseconds, so a page idle for a whole turn of the clock is
+//! colder than it: a prefetched page never pushes out a page hotter than itself, and it always
+//! counts against the DRAM budget. Unused predictions may hold at most 1/8 of the budget.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
