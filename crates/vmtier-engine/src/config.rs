@@ -28,6 +28,10 @@ pub struct EngineConfig {
     pub fault: FaultConfig,
     /// Predictive prefetching.
     pub prefetch: PrefetchConfig,
+    /// Track changes for checkpoint replication ([`crate::Engine::capture`]). Set by the
+    /// replicating commands (`vmtier primary`), not read from a config file.
+    #[serde(skip)]
+    pub replicate: bool,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +45,7 @@ impl Default for EngineConfig {
             tracker: TrackerConfig::default(),
             fault: FaultConfig::default(),
             prefetch: PrefetchConfig::default(),
+            replicate: false,
         }
     }
 }

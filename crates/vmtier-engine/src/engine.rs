@@ -21,6 +21,7 @@ use crate::pager::Pager;
 use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
 use crate::prefetch::worker::Prefetch;
+use crate::replica::{Capture, DeltaPage, ReplTrack};
 use crate::stats::LatencyUs;
 use crate::tracker::{AccessEvent, Tracker};
 
@@ -160,7 +161,7 @@ impl Engine {
         let object = ObjectTier::open(obj_cfg).map_err(EngineError::OpenTier3)?;
         let half_life_ticks = (cfg.tracker.half_life_ms / cfg.mtm.tick_ms).max(1) as u32;
         let tracker = Tracker::new(cfg.tracker.gain, half_life_ticks, cfg.tracker.history);
-        let pager = Arc::new(Pager::new(
+        let mut pager = Pager::new(
             PageTable::new(pages),
             memfd,
             map,
@@ -176,7 +177,11 @@ impl Engine {
             t3.segment_bytes.0 as usize / PAGE_SIZE,
             cfg.fault.fault_around_pages,
             cfg.mtm.headroom_pages,
-        ));
+        );
+        if cfg.replicate {
+            pager.repl = Some(ReplTrack::new(pages));
+        }
+        let pager = Arc::new(pager);
         let stop = Arc::new(AtomicBool::new(false));
         let mut engine = Self {
             pager: Arc::clone(&pager),
@@ -317,6 +322,27 @@ impl Engine {
     }
 
     /// Counters and occupancy now.
+    /// Checkpoint step 1, **with the guest paused** (vCPUs stopped, or the in-process guest's
+    /// threads waiting): takes every page changed since the last capture, copying the content
+    /// of those dirty in DRAM and noting where the others' content is stored. Needs
+    /// `replicate` in the config; one checkpoint at a time. See `replica.rs`.
+    pub fn capture(&self) -> Result<Capture, EngineError> {
+        self.pager.capture()
+    }
+
+    /// Checkpoint step 2, with the guest running again: writes and syncs the captured copies
+    /// to tier 2 and returns where every page of the checkpoint is. Durable on return; the
+    /// caller then commits the log record and calls [`finish_checkpoint`](Self::finish_checkpoint).
+    pub fn persist(&self, capture: Capture) -> Result<Vec<DeltaPage>, EngineError> {
+        self.pager.persist(capture)
+    }
+
+    /// Checkpoint step 3: `committed` once the log holds the checkpoint (the stored copies it
+    /// superseded are freed), or not (a failed write, a fenced log: its own copies are freed).
+    pub fn finish_checkpoint(&self, committed: bool) -> Result<(), EngineError> {
+        self.pager.finish_checkpoint(committed)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         snapshot(&self.pager, &self.cfg, self.policy)
     }
@@ -433,6 +459,10 @@ pub struct Snapshot {
     pub prefetch_wasted_bytes: u64,
     /// Predictions dropped (queue full, or no free or cold frame).
     pub prefetch_dropped: u64,
+    /// Checkpoint copies that became their page's home (the page turned clean).
+    pub checkpoint_adopted: u64,
+    /// Stored copies whose release was deferred because a replica referenced them.
+    pub replica_retained: u64,
     /// DRAM the engine keeps about guest pages, by structure.
     pub metadata_bytes: MetadataBytes,
     /// All of `metadata_bytes` per 4 KiB guest page.
@@ -452,6 +482,8 @@ pub struct MetadataBytes {
     pub prefetch: u64,
     /// The tier-2 slot allocator.
     pub tier2_allocator: u64,
+    /// Replication's change bitmap and committed map (0 when replication is off).
+    pub replication: u64,
 }
 
 fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
@@ -475,6 +507,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         mtm_scratch: l(&s.mtm_scratch_bytes),
         prefetch: p.prefetch.as_ref().map_or(0, |pf| pf.table_bytes() as u64),
         tier2_allocator: ssd.allocator_bytes,
+        replication: p.repl.as_ref().map_or(0, ReplTrack::bytes),
     };
     let pages = p.table.len().max(1) as f64;
     Snapshot {
@@ -526,10 +559,13 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         prefetch_wasted: l(&s.prefetch_wasted),
         prefetch_wasted_bytes: l(&s.prefetch_wasted) * PAGE_SIZE as u64,
         prefetch_dropped: l(&s.prefetch_dropped),
+        checkpoint_adopted: l(&s.checkpoint_adopted),
+        replica_retained: p.repl.as_ref().map_or(0, |r| l(&r.retained)),
         metadata_bytes_per_page: (metadata.page_table
             + metadata.mtm_scratch
             + metadata.prefetch
-            + metadata.tier2_allocator) as f64
+            + metadata.tier2_allocator
+            + metadata.replication) as f64
             / pages,
         page_table_bytes_per_page: metadata.page_table as f64 / pages,
         metadata_bytes: metadata,

@@ -73,6 +73,15 @@ pub enum EngineError {
         /// Guest page number.
         page: u64,
     },
+    /// A checkpoint step was asked of an engine started without replication.
+    #[error("replication is off: start the engine with `replicate` set to take checkpoints")]
+    ReplicationOff,
+    /// A checkpoint was captured while the previous one was neither committed nor aborted.
+    #[error("a checkpoint is already in flight: commit or abort it before capturing the next")]
+    CheckpointInFlight,
+    /// Syncing tier 2 for a checkpoint failed.
+    #[error("syncing tier 2 for a checkpoint")]
+    SyncTier2(#[source] SsdError),
     /// A thread of the engine could not be started.
     #[error("starting thread {name}")]
     Thread {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, trace};
 use vmtier_uffd::{AlignedBuf, Event, FaultKind, Filled, PAGE_SIZE};
 
-use crate::page_table::{DIRTY, POISONED, PREFETCHED, WRITTEN};
+use crate::page_table::{POISONED, PREFETCHED, WRITTEN};
 use crate::pager::Pager;
 use crate::stats::bump;
 use crate::tracker::AccessKind;
@@ -169,7 +169,7 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
                 wake();
                 return Outcome::Done;
             }
-            g.set(DIRTY);
+            p.mark_dirty(page, &g);
             if let Err(e) = p.uffd.write_protect(address, PAGE_SIZE, false, true) {
                 error!(page, error = %crate::error::chain(&e), "lifting write protection failed");
             }
@@ -186,7 +186,7 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
             // read fault installs one (see the MISSING case).
             let writable = write || (prefetched && v.word & WRITTEN != 0);
             if writable {
-                g.set(DIRTY);
+                p.mark_dirty(page, &g);
             }
             if prefetched {
                 g.clear(PREFETCHED);

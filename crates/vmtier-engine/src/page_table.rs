@@ -15,6 +15,7 @@
 //! | | 6 | `WRITTEN`: the page's stored content changed during its last residency (set by a write, decided at eviction; clear after a first store) |
 //! | | 7 | `POISONED`: the stored copy failed its checksum; the page is unreadable |
 //! | | 8–55 | location: tier-2 slot, or tier-3 `segment << 16 \| index` |
+//! | | 61 | `CAPTURED`: copied by a checkpoint and not written since (cleared by a write or a new home) |
 //! | | 62 | `REFERENCED`: observed since the reclaim clock's hand last passed (second chance) |
 //! | | 63 | `PREFETCHED`: resident because a prefetcher predicted it, not yet touched |
 //! | `crc` | 32 | crc32c of the stored copy |
@@ -40,6 +41,8 @@ pub const CLEAN: u64 = 1 << 5;
 pub const WRITTEN: u64 = 1 << 6;
 /// Stored copy is corrupt.
 pub const POISONED: u64 = 1 << 7;
+/// Copied by a checkpoint capture and neither written nor moved since (see `replica.rs`).
+pub const CAPTURED: u64 = 1 << 61;
 /// Observed since the reclaim clock's hand last passed it.
 pub const REFERENCED: u64 = 1 << 62;
 /// Resident because a prefetcher predicted it (installed unmapped), not touched yet.
@@ -60,6 +63,16 @@ pub enum Home {
 }
 
 impl Home {
+    /// The home as it is encoded in the state word (0 for [`Home::Zero`]).
+    pub(crate) fn word(self) -> u64 {
+        self.encode()
+    }
+
+    /// The home encoded in a state word.
+    pub(crate) fn from_word(word: u64) -> Self {
+        Self::decode(word)
+    }
+
     fn encode(self) -> u64 {
         match self {
             Home::Zero => 0,
@@ -222,7 +235,8 @@ impl PageGuard<'_> {
         let keep = RESIDENT | LOCKED | DIRTY | WRITTEN | REFERENCED | PREFETCHED;
         let mut cur = self.entry.state.load(Ordering::Acquire);
         loop {
-            // A new stored copy is not yet known to any secondary: CLEAN drops.
+            // A new stored copy is not yet known to any secondary: CLEAN drops; so does
+            // CAPTURED (a checkpoint's copy no longer matches the page's home).
             let new = (cur & keep) | home.encode();
             match self.entry.state.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,

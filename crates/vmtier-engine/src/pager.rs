@@ -24,10 +24,11 @@ use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::page_table::{
-    DIRTY, Home, POISONED, PREFETCHED, PageGuard, PageTable, PageView, REFERENCED, RESIDENT, WRITTEN,
+    CAPTURED, DIRTY, Home, POISONED, PREFETCHED, PageGuard, PageTable, PageView, REFERENCED, RESIDENT, WRITTEN,
 };
 use crate::policy::Tier;
 use crate::prefetch::worker::Prefetch;
+use crate::replica::ReplTrack;
 use crate::stats::{Stats, add, bump};
 use crate::tracker::{AccessKind, Tracker};
 
@@ -87,6 +88,8 @@ pub struct Pager {
     headroom: usize,
     /// The background reclaimer's thread, to wake it (set when it starts).
     reclaimer: OnceLock<std::thread::Thread>,
+    /// Change tracking for checkpoint replication, when it is on.
+    pub(crate) repl: Option<ReplTrack>,
 }
 
 /// Most pages written to tier 2 with one batch (1 MiB).
@@ -98,7 +101,7 @@ const RECLAIM_BATCH: usize = 32;
 /// it takes any resident page.
 const CLOCK_SECOND_CHANCES: usize = 64;
 
-fn page_err(op: &'static str, page: usize) -> impl FnOnce(vmtier_uffd::Error) -> EngineError {
+pub(crate) fn page_err(op: &'static str, page: usize) -> impl FnOnce(vmtier_uffd::Error) -> EngineError {
     move |source| EngineError::PageOp { op, page: page as u64, source }
 }
 
@@ -138,6 +141,7 @@ impl Pager {
             fault_around,
             headroom,
             reclaimer: OnceLock::new(),
+            repl: None,
         }
     }
 
@@ -157,8 +161,29 @@ impl Pager {
         (page * PAGE_SIZE) as u64
     }
 
-    /// Frees the storage of a stored copy that has been replaced.
-    fn release(&self, home: Home) {
+    /// Frees `page`'s replaced stored copy `old` (the caller holds the page's lock and has set
+    /// its new home), unless a replica still references it (`replica.rs`).
+    pub(crate) fn release_old(&self, page: usize, old: Home) {
+        if let Some(r) = &self.repl {
+            r.mark(page);
+            if r.retains(page, old) {
+                return;
+            }
+        }
+        self.release(old);
+    }
+
+    /// Marks a resident page changed in DRAM (a write), under its lock.
+    pub(crate) fn mark_dirty(&self, page: usize, g: &PageGuard<'_>) {
+        g.set(DIRTY);
+        g.clear(CAPTURED);
+        if let Some(r) = &self.repl {
+            r.mark(page);
+        }
+    }
+
+    /// Frees the storage of a stored copy nothing references any more.
+    pub(crate) fn release(&self, home: Home) {
         match home {
             Home::Zero => {}
             Home::Ssd(slot) => {
@@ -229,10 +254,10 @@ impl Pager {
             // Present without passing through the page table: nobody knows whether it changed.
             warn!(page, "page was already present at install; treating it as dirty");
             self.uffd.wake(addr, PAGE_SIZE).map_err(page_err("UFFDIO_WAKE", page))?;
-            g.set(DIRTY);
+            self.mark_dirty(page, g);
         }
         if write {
-            g.set(DIRTY);
+            self.mark_dirty(page, g);
         }
         g.set(RESIDENT);
         trace!(page, home = ?v.home(), crc = v.crc, write, "fill");
@@ -367,7 +392,7 @@ impl Pager {
             g.set_home(Home::Ssd(slot), crc);
             trace!(page, slot = slot.0, crc, "written to tier 2");
         }
-        self.release(v.home());
+        self.release_old(page, v.home());
         Ok(())
     }
 
@@ -383,7 +408,7 @@ impl Pager {
         if g.view().word & PREFETCHED != 0 {
             bump(&self.stats.prefetch_wasted);
         }
-        g.clear(RESIDENT | DIRTY | PREFETCHED);
+        g.clear(RESIDENT | DIRTY | PREFETCHED | CAPTURED);
         self.budget.release(1);
         bump(&self.stats.demotions);
     }
@@ -666,7 +691,7 @@ impl Pager {
                 self.memfd.read_at(chunk, Self::offset(page)).map_err(page_err("pread", page))?;
                 if v.dirty() && chunk.iter().all(|&b| b == 0) {
                     g.set_home(Home::Zero, 0);
-                    self.release(v.home());
+                    self.release_old(page, v.home());
                     dropped.push((page, g));
                     continue;
                 }
@@ -708,7 +733,7 @@ impl Pager {
                 note_modified(&g, &v, crc);
             }
             g.set_home(home, crc);
-            self.release(v.home());
+            self.release_old(page, v.home());
             if v.resident() {
                 dropped.push((page, g));
             } else {
@@ -748,7 +773,7 @@ impl Pager {
     }
 
     /// Writes pages (back to back in `data`) to freshly allocated tier-2 slots.
-    fn write_slots(&self, data: &[u8], first_page: usize) -> Result<Vec<(Home, u32)>, EngineError> {
+    pub(crate) fn write_slots(&self, data: &[u8], first_page: usize) -> Result<Vec<(Home, u32)>, EngineError> {
         let err = |source| EngineError::Tier2 { page: first_page as u64, source };
         let slots = self.ssd.alloc_many(data.len() / PAGE_SIZE).map_err(err)?;
         match self.ssd.write_many(&slots, data) {
@@ -783,7 +808,7 @@ impl Pager {
             Ok(crc) => {
                 add(&self.stats.tier2_bytes_written, PAGE_SIZE as u64);
                 g.set_home(Home::Ssd(slot), crc);
-                self.release(v.home());
+                self.release_old(page, v.home());
                 bump(&self.stats.moves_3_to_2);
                 Ok(true)
             }
@@ -814,7 +839,7 @@ impl Pager {
         match self.ssd.write(slot, buf) {
             Ok(crc) => {
                 g.set_home(Home::Ssd(slot), crc);
-                self.release(Home::Ssd(from));
+                self.release_old(page, Home::Ssd(from));
                 bump(&self.stats.compacted_slots);
                 Ok(true)
             }
@@ -883,9 +908,9 @@ impl Pager {
                 .write_segment(&batch)
                 .map_err(|source| EngineError::Tier3 { page: held[0].0 as u64, source })?;
             add(&self.stats.tier3_bytes_written, (held.len() * PAGE_SIZE) as u64);
-            for ((_, g, v), (loc, crc)) in held.iter().zip(locs) {
+            for ((page, g, v), (loc, crc)) in held.iter().zip(locs) {
                 g.set_home(Home::Object(loc), crc);
-                self.release(v.home());
+                self.release_old(*page, v.home());
                 moved += 1;
             }
         }
@@ -894,7 +919,7 @@ impl Pager {
 }
 
 /// Runs of consecutive numbers in sorted `pages`, as (first, length).
-fn runs(pages: &[usize]) -> Vec<(usize, usize)> {
+pub(crate) fn runs(pages: &[usize]) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     for &p in pages {
         match out.last_mut() {

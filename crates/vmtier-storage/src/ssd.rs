@@ -223,6 +223,15 @@ pub enum SsdError {
         #[source]
         source: io::Error,
     },
+    /// `fdatasync` of a slot file failed: the writes since the last sync may not be durable.
+    #[error("cannot sync slot file {}", file.display())]
+    Sync {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// `fstat` of a slot file failed.
     #[error("cannot stat slot file {}", file.display())]
     Stat {
@@ -660,6 +669,16 @@ impl SsdStore {
         drop(st);
         let after = self.stats()?.disk_bytes_allocated;
         Ok(before.saturating_sub(after))
+    }
+
+    /// Makes every write so far durable (`fdatasync` of each slot file): a checkpoint that
+    /// references slots calls this before it commits.
+    pub fn sync(&self) -> Result<(), SsdError> {
+        let files: Vec<Arc<SlotFile>> = self.files.read().clone();
+        for f in &files {
+            f.file.sync_data().map_err(|source| SsdError::Sync { file: f.path.clone(), source })?;
+        }
+        Ok(())
     }
 
     /// Occupancy and disk usage of the store.

@@ -1,0 +1,382 @@
+//! The engine's side of checkpoint replication through shared storage (US patent 9,201,612).
+//!
+//! A checkpoint makes every page that changed since the previous one *synced-with-disk*: its
+//! content is in tier 2 or 3, where a secondary host reads it itself. The log (crate
+//! `vmtier-repl`) then carries only where each page is ([`DeltaPage`]). Three steps:
+//!
+//! 1. [`capture`](ReplTrack) — with the guest paused — walks the pages marked in the `changed`
+//!    bitmap. A page that is resident and dirty is write-protected, its content copied into the
+//!    capture buffer and marked `CAPTURED`; any other page travels as metadata only (its stored
+//!    copy, or zeros).
+//! 2. `persist` — with the guest running again — writes the captured copies to new tier-2
+//!    slots and syncs them. A page not written since its capture (still `CAPTURED`) adopts the
+//!    new slot as its home and becomes clean (the patent's "synced-with-disk"): its eventual
+//!    eviction costs no write. A page written since keeps its dirty DRAM copy; the slot then
+//!    belongs to the replica alone.
+//! 3. `commit` — after the log's commit record is durable — makes the delta the committed
+//!    replica map and frees the stored copies it superseded that the engine no longer uses;
+//!    `abort` (a failed write, a fenced log) frees the delta's copies instead.
+//!
+//! **Ownership of stored copies.** A tier-2 slot or tier-3 page may be referenced by the engine's
+//! page table (the page's home), by the committed replica map, or by the checkpoint in flight.
+//! It is freed only when none references it: the engine's release of an old home is skipped
+//! while the replica still references it ([`ReplTrack::retains`]), and `commit` frees what the
+//! replica let go of unless it is the engine's home. Both sides decide under the page's lock, so
+//! a copy is freed exactly once. So a secondary reading the last committed checkpoint never
+//! finds its pages overwritten, whatever the primary does next — and a primary that can no
+//! longer commit (fenced) can never free them.
+//!
+//! Cost: one bit per page (`changed`) and 8 bytes per page (the committed map) while
+//! replication is on; nothing when it is off.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use vmtier_uffd::{AlignedBuf, PAGE_SIZE};
+
+use crate::error::EngineError;
+use crate::page_table::{CAPTURED, DIRTY, Home, PageEntry, PageGuard, RESIDENT};
+use crate::pager::{Pager, page_err, runs};
+use crate::stats::{add, bump};
+
+/// One page of a checkpoint: where its content is as of the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaPage {
+    /// Guest page number.
+    pub page: u32,
+    /// Its stored copy (`Home::Zero`: the page is all zeros).
+    pub home: Home,
+    /// crc32c of the stored copy (0 for zeros).
+    pub crc: u32,
+}
+
+/// What the engine tracks for replication. See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct ReplTrack {
+    /// Pages whose content or stored location changed since the last capture.
+    changed: Box<[AtomicU64]>,
+    /// Home word ([`Home::word`]) of every page in the last committed checkpoint (0: zeros).
+    committed: Box<[AtomicU64]>,
+    /// The checkpoint in flight: page → home word, from capture until commit or abort.
+    pending: Mutex<Option<HashMap<u32, u64>>>,
+    /// Stored copies whose release the replica deferred.
+    pub(crate) retained: AtomicU64,
+}
+
+impl ReplTrack {
+    /// Tracking for `pages` pages. Every page starts marked changed, so the first checkpoint is
+    /// the full map.
+    pub(crate) fn new(pages: usize) -> Self {
+        let words = pages.div_ceil(64);
+        let changed: Box<[AtomicU64]> = (0..words)
+            .map(|w| {
+                let bits = (pages - w * 64).min(64);
+                AtomicU64::new(if bits == 64 { u64::MAX } else { (1 << bits) - 1 })
+            })
+            .collect();
+        Self {
+            changed,
+            committed: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+            pending: Mutex::new(None),
+            retained: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks `page` changed: its content (a first write) or its stored location moved.
+    pub(crate) fn mark(&self, page: usize) {
+        self.changed[page / 64].fetch_or(1 << (page % 64), Ordering::Relaxed);
+    }
+
+    /// Takes the changed set, clearing it.
+    pub(crate) fn take_changed(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (w, word) in self.changed.iter().enumerate() {
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                out.push((w * 64) as u32 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+
+    /// Starts a checkpoint's pending map. Fails if one is already in flight.
+    pub(crate) fn begin(&self) -> bool {
+        let mut p = self.pending.lock();
+        if p.is_some() {
+            return false;
+        }
+        *p = Some(HashMap::new());
+        true
+    }
+
+    /// Records that the checkpoint in flight references `home` for `page`.
+    pub(crate) fn set_pending(&self, page: u32, home: Home) {
+        if let Some(map) = self.pending.lock().as_mut() {
+            map.insert(page, home.word());
+        }
+    }
+
+    /// Whether the replica (committed or in flight) references `home` as `page`'s copy, so that
+    /// the engine must not free it. Called under the page's lock.
+    pub(crate) fn retains(&self, page: usize, home: Home) -> bool {
+        if home == Home::Zero {
+            return false;
+        }
+        let w = home.word();
+        let held = self.committed[page].load(Ordering::Acquire) == w
+            || self.pending.lock().as_ref().is_some_and(|m| m.get(&(page as u32)) == Some(&w));
+        if held {
+            self.retained.fetch_add(1, Ordering::Relaxed);
+        }
+        held
+    }
+
+    /// Ends the checkpoint in flight: on `commit`, its map becomes the committed one and the
+    /// copies it superseded are returned for freeing (unless `in_use` says the engine still
+    /// uses them); on abort, its own copies are returned for freeing, except those the
+    /// engine uses or the committed map still references. `lock` takes a page's lock.
+    pub(crate) fn finish<'a>(
+        &self,
+        commit: bool,
+        lock: impl Fn(u32) -> PageGuard<'a>,
+        mut free: impl FnMut(u32, Home),
+    ) {
+        let Some(map) = self.pending.lock().take() else {
+            return;
+        };
+        for (page, new) in map {
+            let g = lock(page);
+            let engine = g.view().home().word();
+            let slot = &self.committed[page as usize];
+            if commit {
+                let old = slot.swap(new, Ordering::AcqRel);
+                if old != new && old != 0 && old != engine {
+                    free(page, Home::from_word(old));
+                }
+            } else if new != 0 && new != engine && new != slot.load(Ordering::Acquire) {
+                free(page, Home::from_word(new));
+            }
+            drop(g);
+        }
+    }
+
+    /// DRAM used by the tracking.
+    pub(crate) fn bytes(&self) -> u64 {
+        (self.changed.len() * 8 + self.committed.len() * 8) as u64
+    }
+}
+
+/// Takes a page's lock, waiting for a move in progress to finish (moves hold it for one I/O).
+pub(crate) fn lock_page(entry: &PageEntry) -> PageGuard<'_> {
+    let mut spins = 0u32;
+    loop {
+        if let Some(g) = entry.try_lock() {
+            return g;
+        }
+        spins += 1;
+        if spins < 64 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// Pages captured by [`crate::Engine::capture`]: the content of dirty resident pages (to be
+/// written by `persist`) and the stored location of the rest.
+#[derive(Debug)]
+pub struct Capture {
+    /// Captured pages, their content back to back in `data`.
+    pub(crate) copied: Vec<(u32, Home)>,
+    pub(crate) data: AlignedBuf,
+    /// Pages that travel as metadata only.
+    pub(crate) stored: Vec<DeltaPage>,
+}
+
+impl Capture {
+    /// Pages whose content was copied (dirty in DRAM).
+    pub fn copied_pages(&self) -> usize {
+        self.copied.len()
+    }
+
+    /// Pages that travel as metadata only (already on shared storage, or zeros).
+    pub fn metadata_only_pages(&self) -> usize {
+        self.stored.len()
+    }
+
+    /// The captured content of copied page `i` (in capture order), for tests.
+    pub fn copied_page(&self, i: usize) -> (u32, &[u8]) {
+        (self.copied[i].0, &self.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])
+    }
+}
+
+/// Whether a page found by capture must be copied: resident and changed since stored.
+pub(crate) fn needs_copy(word: u64) -> bool {
+    word & RESIDENT != 0 && word & DIRTY != 0
+}
+
+/// Flags that tell `persist` a captured page is unchanged since its capture.
+pub(crate) const CAPTURE_INTACT: u64 = CAPTURED | RESIDENT | DIRTY;
+
+/// Pages locked at once by a capture (their faults wait meanwhile).
+const CAPTURE_CHUNK: usize = 256;
+
+impl Pager {
+    fn repl(&self) -> Result<&ReplTrack, EngineError> {
+        self.repl.as_ref().ok_or(EngineError::ReplicationOff)
+    }
+
+    /// Step 1 of a checkpoint, with the guest paused. See the [module docs](self).
+    pub(crate) fn capture(&self) -> Result<Capture, EngineError> {
+        let r = self.repl()?;
+        if !r.begin() {
+            return Err(EngineError::CheckpointInFlight);
+        }
+        let changed = r.take_changed();
+        let mut stored = Vec::new();
+        let mut to_copy = Vec::new();
+        for &page in &changed {
+            let g = lock_page(self.table.get(page as usize));
+            let v = g.view();
+            if needs_copy(v.word) {
+                to_copy.push(page);
+            } else {
+                r.set_pending(page, v.home());
+                stored.push(DeltaPage { page, home: v.home(), crc: v.crc });
+            }
+        }
+        let mut data = AlignedBuf::zeroed(to_copy.len().max(1) * PAGE_SIZE);
+        let mut copied = Vec::with_capacity(to_copy.len());
+        for chunk in to_copy.chunks(CAPTURE_CHUNK) {
+            let mut held = Vec::with_capacity(chunk.len());
+            for &page in chunk {
+                let g = lock_page(self.table.get(page as usize));
+                let v = g.view();
+                if needs_copy(v.word) {
+                    held.push((page as usize, g, v.home()));
+                } else {
+                    // Evicted (or zeroed) between the two passes: its home has the content.
+                    r.set_pending(page, v.home());
+                    stored.push(DeltaPage { page, home: v.home(), crc: v.crc });
+                }
+            }
+            // Write-protect before copying, so the next write is seen (and clears CAPTURED).
+            let pages: Vec<usize> = held.iter().map(|h| h.0).collect();
+            for (first, n) in runs(&pages) {
+                self.uffd
+                    .write_protect(self.addr(first), n * PAGE_SIZE, true, false)
+                    .map_err(page_err("UFFDIO_WRITEPROTECT", first))?;
+            }
+            for (page, g, home) in held {
+                let i = copied.len();
+                self.memfd
+                    .read_at(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE], (page * PAGE_SIZE) as u64)
+                    .map_err(page_err("pread", page))?;
+                g.set(CAPTURED);
+                copied.push((page as u32, home));
+            }
+        }
+        Ok(Capture { copied, data, stored })
+    }
+
+    /// Step 2 of a checkpoint, with the guest running: writes the captured copies to tier 2,
+    /// syncs them, and adopts them as the homes of pages unchanged since. Returns the whole
+    /// delta, sorted by page. On error the caller aborts the checkpoint.
+    pub(crate) fn persist(&self, cap: Capture) -> Result<Vec<DeltaPage>, EngineError> {
+        let r = self.repl()?;
+        let Capture { copied, data, mut stored } = cap;
+        if !copied.is_empty() {
+            let homes = self.write_slots(&data[..copied.len() * PAGE_SIZE], copied[0].0 as usize)?;
+            add(&self.stats.tier2_bytes_written, (copied.len() * PAGE_SIZE) as u64);
+            // Referenced by the checkpoint in flight from now on, adopted or not.
+            for (&(page, _), &(home, _)) in copied.iter().zip(&homes) {
+                r.set_pending(page, home);
+            }
+            self.ssd.sync().map_err(EngineError::SyncTier2)?;
+            for (&(page, captured_home), (home, crc)) in copied.iter().zip(homes) {
+                let g = lock_page(self.table.get(page as usize));
+                let v = g.view();
+                if v.word & CAPTURE_INTACT == CAPTURE_INTACT && v.home() == captured_home {
+                    // Unchanged since the capture: the checkpoint's copy is its content.
+                    g.set_home(home, crc);
+                    g.clear(DIRTY);
+                    if !r.retains(page as usize, captured_home) {
+                        self.release(captured_home);
+                    }
+                    bump(&self.stats.checkpoint_adopted);
+                } else {
+                    g.clear(CAPTURED);
+                }
+                stored.push(DeltaPage { page, home, crc });
+            }
+        }
+        stored.sort_unstable_by_key(|d| d.page);
+        Ok(stored)
+    }
+
+    /// Step 3: the checkpoint committed (`commit`) or failed. See [`ReplTrack::finish`].
+    pub(crate) fn finish_checkpoint(&self, commit: bool) -> Result<(), EngineError> {
+        let r = self.repl()?;
+        r.finish(commit, |page| lock_page(self.table.get(page as usize)), |_, home| self.release(home));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmtier_storage::ssd::SlotId;
+
+    #[test]
+    fn first_take_is_every_page_then_only_marked_ones() {
+        let t = ReplTrack::new(130);
+        let all = t.take_changed();
+        assert_eq!(all, (0..130).collect::<Vec<u32>>());
+        assert!(t.take_changed().is_empty());
+        t.mark(3);
+        t.mark(129);
+        t.mark(64);
+        assert_eq!(t.take_changed(), vec![3, 64, 129]);
+    }
+
+    #[test]
+    fn commit_frees_superseded_copies_the_engine_does_not_use() {
+        let t = ReplTrack::new(4);
+        let entries: Vec<PageEntry> = (0..4).map(|_| PageEntry::default()).collect();
+        let (a, b) = (Home::Ssd(SlotId(10)), Home::Ssd(SlotId(11)));
+        // Checkpoint 1: page 0 at `a`, which is also the engine's home.
+        entries[0].try_lock().unwrap().set_home(a, 1);
+        assert!(t.begin());
+        assert!(!t.begin(), "one checkpoint in flight at a time");
+        t.set_pending(0, a);
+        let mut freed = Vec::new();
+        t.finish(true, |p| lock_page(&entries[p as usize]), |p, h| freed.push((p, h)));
+        assert!(freed.is_empty());
+        assert_eq!(Home::from_word(t.committed[0].load(Ordering::Relaxed)), a);
+        // The engine moves page 0 to `b`: `a` is retained for the replica.
+        assert!(t.retains(0, a));
+        entries[0].try_lock().unwrap().set_home(b, 2);
+        // Checkpoint 2 references `b`: `a` is freed at commit, `b` is not (the engine's).
+        assert!(t.begin());
+        t.set_pending(0, b);
+        assert!(t.retains(0, b), "in-flight copies are retained too");
+        t.finish(true, |p| lock_page(&entries[p as usize]), |p, h| freed.push((p, h)));
+        assert_eq!(freed, vec![(0, a)]);
+        // An aborted checkpoint frees its own replica-only copy and nothing else.
+        let c = Home::Ssd(SlotId(12));
+        freed.clear();
+        assert!(t.begin());
+        t.set_pending(0, c);
+        t.set_pending(1, Home::Zero);
+        t.finish(false, |p| lock_page(&entries[p as usize]), |p, h| freed.push((p, h)));
+        assert_eq!(freed, vec![(0, c)]);
+        assert_eq!(Home::from_word(t.committed[0].load(Ordering::Relaxed)), b);
+        assert!(!t.retains(0, c));
+    }
+}

@@ -1,0 +1,211 @@
+//! Checkpoints for replication through shared storage: the map a checkpoint produces (page →
+//! stored copy) always reads back as guest memory at the checkpoint, and keeps doing so while
+//! the engine goes on evicting, moving and rewriting pages — until a later checkpoint commits.
+//! Aborted checkpoints free their own copies and nothing else; nothing leaks.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use vmtier_engine::{DeltaPage, Engine, EngineConfig, Home, PAGE_SIZE, Tier};
+use vmtier_storage::segment;
+
+use common::{config, page_bytes, retry_busy, with_deadline, write_page};
+
+/// The replica's view: page → (stored copy, crc), as the log's checkpoints build it.
+type ReplicaMap = HashMap<u32, (Home, u32)>;
+
+fn apply(map: &mut ReplicaMap, delta: &[DeltaPage]) {
+    for d in delta {
+        map.insert(d.page, (d.home, d.crc));
+    }
+}
+
+/// Reads a stored copy the way a secondary does: straight from the shared files.
+fn read_stored(cfg: &EngineConfig, home: Home) -> Vec<u8> {
+    let mut out = vec![0u8; PAGE_SIZE];
+    let (path, offset) = match home {
+        Home::Zero => return out,
+        Home::Ssd(slot) => {
+            let spf = cfg.tier2.slots_per_file;
+            (cfg.tier2.dir.join(format!("slots-{:05}.dat", slot.0 / spf)), u64::from(slot.0 % spf) * PAGE_SIZE as u64)
+        }
+        Home::Object(loc) => (
+            std::path::Path::new(&cfg.tier3.url).join(format!("seg-{:08x}.vts", loc.segment)),
+            segment::page_offset(loc.index),
+        ),
+    };
+    let f = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.read_exact_at(&mut out, offset).unwrap_or_else(|e| panic!("read {}@{offset}: {e}", path.display()));
+    out
+}
+
+/// Checks that every page of `map` reads back as `model` (value per page, 0 = zeros).
+fn check_map(cfg: &EngineConfig, map: &ReplicaMap, model: &[u64], when: &str) {
+    for (page, &value) in model.iter().enumerate() {
+        let (home, crc) = map.get(&(page as u32)).copied().unwrap_or((Home::Zero, 0));
+        let got = read_stored(cfg, home);
+        let want = if value == 0 { vec![0u8; PAGE_SIZE] } else { page_bytes(page, value) };
+        assert!(got == want, "{when}: page {page} at {home:?} does not hold value {value:#x}");
+        if home != Home::Zero {
+            assert_eq!(crc32c::crc32c(&got), crc, "{when}: page {page} crc");
+        }
+    }
+}
+
+fn checkpoint(engine: &Engine, commit: bool) -> Vec<DeltaPage> {
+    let cap = engine.capture().expect("capture");
+    let delta = engine.persist(cap).expect("persist");
+    engine.finish_checkpoint(commit).expect("finish");
+    delta
+}
+
+fn replicating(pages: u64, dram: u64) -> (EngineConfig, tempfile::TempDir) {
+    let (mut cfg, dir) = config(pages, dram);
+    cfg.replicate = true;
+    (cfg, dir)
+}
+
+#[test]
+fn committed_checkpoint_reads_back_while_the_engine_moves_on() {
+    let (cfg, _dir) = replicating(256, 64);
+    let engine = Engine::start(cfg.clone()).expect("start");
+    let mem = engine.guest_words();
+    let mut model = vec![0u64; 256];
+    for (p, value) in model.iter_mut().enumerate().take(200) {
+        write_page(mem, p, 1);
+        *value = 1;
+    }
+    // The first checkpoint is the whole map.
+    let mut map = ReplicaMap::new();
+    let d1 = checkpoint(&engine, true);
+    assert_eq!(d1.len(), 256, "first checkpoint covers every page");
+    apply(&mut map, &d1);
+    check_map(&cfg, &map, &model, "checkpoint 1");
+    let (model1, map1) = (model.clone(), map.clone());
+
+    // The engine moves on: rewrites, evictions (DRAM is 64 pages), moves to tier 3.
+    let mut touched = BTreeSet::new();
+    for round in 2..5u64 {
+        for p in (0..256).step_by(round as usize) {
+            write_page(mem, p, round);
+            model[p] = round;
+            touched.insert(p as u32);
+        }
+    }
+    for p in 150..180 {
+        if retry_busy("move", || engine.move_page(p, Tier::Object)).unwrap() {
+            touched.insert(p as u32);
+        }
+    }
+    // Checkpoint 1 is untouched by all that.
+    check_map(&cfg, &map1, &model1, "checkpoint 1 after later activity");
+
+    // Checkpoint 2 carries only what changed, and reads back as memory now.
+    let d2 = checkpoint(&engine, true);
+    for d in &d2 {
+        assert!(touched.contains(&d.page), "page {} is in the delta but never changed", d.page);
+    }
+    apply(&mut map, &d2);
+    check_map(&cfg, &map, &model, "checkpoint 2");
+    let (model2, map2) = (model.clone(), map.clone());
+
+    // An aborted checkpoint leaves checkpoint 2 as it was.
+    for (p, value) in model.iter_mut().enumerate().take(40) {
+        write_page(mem, p, 9);
+        *value = 9;
+    }
+    let d3 = checkpoint(&engine, false);
+    assert!(d3.len() >= 40);
+    check_map(&cfg, &map2, &model2, "checkpoint 2 after an aborted one");
+
+    // A clean page whose checkpoint copy was adopted evicts without a write.
+    let adopted = engine.snapshot().checkpoint_adopted;
+    assert!(adopted > 0, "no captured copy was adopted");
+
+    // No leak: every live tier-2 slot is the engine's or the committed replica's.
+    let mut referenced = BTreeSet::new();
+    for p in 0..256 {
+        if let Home::Ssd(s) = engine.page(p).unwrap().home() {
+            referenced.insert(s);
+        }
+        if let Some((Home::Ssd(s), _)) = map2.get(&(p as u32)) {
+            referenced.insert(*s);
+        }
+    }
+    assert_eq!(engine.snapshot().tier2_live_slots, referenced.len() as u64, "tier-2 slots leaked or lost");
+}
+
+#[test]
+fn capture_needs_replication_and_one_checkpoint_at_a_time() {
+    let (cfg, _dir) = config(64, 64);
+    let engine = Engine::start(cfg).expect("start");
+    assert!(engine.capture().is_err(), "capture without replicate");
+    let (cfg, _dir) = replicating(64, 64);
+    let engine = Engine::start(cfg).expect("start");
+    let cap = engine.capture().expect("capture");
+    assert!(engine.capture().is_err(), "second capture while one is in flight");
+    engine.persist(cap).expect("persist");
+    engine.finish_checkpoint(true).expect("commit");
+    engine.capture().expect("capture after commit");
+}
+
+/// A guest writing all the time, paused only for each capture: every committed checkpoint
+/// reads back as memory at its pause, under steady eviction.
+#[test]
+fn checkpoints_under_a_running_writer() {
+    with_deadline("checkpoints under a running writer", Duration::from_secs(120), || {
+        const PAGES: usize = 512;
+        let (cfg, _dir) = replicating(PAGES as u64, 96);
+        let engine = Arc::new(Engine::start(cfg.clone()).expect("start"));
+        let model: Arc<Vec<AtomicU64>> = Arc::new((0..PAGES).map(|_| AtomicU64::new(0)).collect());
+        // The guest holds the read side while it writes a page; a pause takes the write side.
+        let pause = Arc::new(RwLock::new(()));
+        let stop = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (engine, model, pause, stop) = (engine.clone(), model.clone(), pause.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mem = engine.guest_words();
+                let mut x = 0x1234_5678u64;
+                let mut version = 1u64;
+                while stop.load(Ordering::Relaxed) == 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Hot head, cold tail: most writes hit the first 64 pages.
+                    let p = if !x.is_multiple_of(4) { (x >> 8) as usize % 64 } else { (x >> 8) as usize % PAGES };
+                    let _g = pause.read().unwrap();
+                    version += 1;
+                    write_page(mem, p, version);
+                    model[p].store(version, Ordering::Relaxed);
+                }
+            })
+        };
+        let mut map = ReplicaMap::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut checkpoints = 0;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let (cap, at_pause) = {
+                let _paused = pause.write().unwrap();
+                let cap = engine.capture().expect("capture");
+                (cap, model.iter().map(|v| v.load(Ordering::Relaxed)).collect::<Vec<_>>())
+            };
+            let delta = engine.persist(cap).expect("persist");
+            engine.finish_checkpoint(true).expect("commit");
+            apply(&mut map, &delta);
+            check_map(&cfg, &map, &at_pause, &format!("checkpoint {}", checkpoints + 1));
+            checkpoints += 1;
+        }
+        stop.store(1, Ordering::Relaxed);
+        writer.join().expect("writer");
+        assert!(checkpoints >= 10, "only {checkpoints} checkpoints in 3 s");
+        let s = engine.snapshot();
+        assert!(s.demotions > 0, "the test needs eviction during checkpoints");
+    });
+}
