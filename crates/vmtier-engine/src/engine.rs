@@ -16,7 +16,7 @@ use crate::config::EngineConfig;
 use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::mtm::Mtm;
-use crate::page_table::{Home, PageEntry, PageTable, PageView};
+use crate::page_table::{Home, PageEntry, PageTable, PageView, REFERENCED, RESIDENT};
 use crate::pager::Pager;
 use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
@@ -59,6 +59,31 @@ pub struct ExternalMemory {
     pub uffd_base: usize,
 }
 
+/// Stored copies a new primary inherits at failover: the failed primary's last committed
+/// checkpoint, read from shared storage (see `vmtier-repl`).
+pub trait InheritedPages: Send + Sync + std::fmt::Debug {
+    /// Reads the inherited copy of `page` into `out` (4096 bytes), checksum checked: a copy that
+    /// fails its checksum is an `InvalidData` error.
+    fn read(&self, page: u64, out: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// What a secondary hands [`Engine::start_inherited`] at failover.
+#[derive(Debug)]
+pub struct Inheritance {
+    /// Guest memory (`cfg.memory` bytes) already holding the warm pages; the rest is holes.
+    pub memfd: Memfd,
+    /// The pages present in `memfd`, each with the access frequency (0–100) the primary
+    /// reported, which seeds the MTM's statistics.
+    pub warm: Vec<(u32, u8)>,
+    /// Pages whose content is not zeros: read from `source` when first touched (unless warm).
+    pub stored: Vec<u32>,
+    /// Reads the inherited copies.
+    pub source: Arc<dyn InheritedPages>,
+}
+
+/// The parts of an [`Inheritance`] besides its memory: warm pages, stored pages, source.
+type Inherit = (Vec<(u32, u8)>, Vec<u32>, Arc<dyn InheritedPages>);
+
 /// A running tiered guest memory.
 #[derive(Debug)]
 pub struct Engine {
@@ -85,7 +110,41 @@ impl Engine {
         let map = SharedMapping::new(&memfd).map_err(EngineError::Memory)?;
         let uffd = register_guest_memory(&map)?;
         let base = map.base();
-        Self::start_with(cfg, memfd, Some(map), uffd, base)
+        Self::start_with(cfg, memfd, Some(map), uffd, base, None)
+    }
+
+    /// Starts the engine of a new primary after a failover, over guest memory that a secondary
+    /// prepared from the failed primary's last committed checkpoint: `inh.memfd` already holds
+    /// the warm pages (they are resident from the first instant; the guest's first touch of one
+    /// costs a MINOR fault, no I/O), the other pages of `inh.stored` are read on demand from
+    /// `inh.source`, and every other page is zeros. Inherited copies are never written or
+    /// freed: a page leaves them the first time it is written and evicted.
+    pub fn start_inherited(cfg: EngineConfig, inh: Inheritance) -> Result<Self, EngineError> {
+        cfg.validate("")?;
+        let bad = |why: String| EngineError::Inherit { why };
+        if inh.memfd.size() != cfg.memory.0 {
+            return Err(bad(format!(
+                "the guest memory file has {} bytes, the config says {}",
+                inh.memfd.size(),
+                cfg.memory.0
+            )));
+        }
+        if inh.warm.len() > cfg.dram_pages() {
+            return Err(bad(format!(
+                "{} warm pages do not fit the DRAM budget of {} pages; give the new primary at least the \
+                 secondary's DRAM",
+                inh.warm.len(),
+                cfg.dram_pages()
+            )));
+        }
+        let pages = cfg.pages();
+        if let Some(&p) = inh.stored.iter().chain(inh.warm.iter().map(|(p, _)| p)).find(|&&p| p as usize >= pages) {
+            return Err(bad(format!("page {p} is outside the guest ({pages} pages)")));
+        }
+        let map = SharedMapping::new(&inh.memfd).map_err(EngineError::Memory)?;
+        let uffd = register_guest_memory(&map)?;
+        let base = map.base();
+        Self::start_with(cfg, inh.memfd, Some(map), uffd, base, Some((inh.warm, inh.stored, inh.source)))
     }
 
     /// Like [`start`](Self::start), over guest memory another process owns: the engine serves
@@ -132,7 +191,7 @@ impl Engine {
                 crate::error::chain(&e)
             )));
         }
-        Self::start_with(cfg, memfd, None, uffd, uffd_base)
+        Self::start_with(cfg, memfd, None, uffd, uffd_base, None)
     }
 
     fn start_with(
@@ -141,6 +200,7 @@ impl Engine {
         map: Option<SharedMapping>,
         uffd: Uffd,
         uffd_base: usize,
+        inherit: Option<Inherit>,
     ) -> Result<Self, EngineError> {
         let pages = cfg.pages();
         let mut ssd_cfg = SsdConfig::new(cfg.tier2.dir.clone());
@@ -180,6 +240,31 @@ impl Engine {
         );
         if cfg.replicate {
             pager.repl = Some(ReplTrack::new(pages));
+        }
+        if let Some((warm, stored, source)) = inherit {
+            // No thread runs yet: every lock is free.
+            for p in stored {
+                if let Some(g) = pager.table.get(p as usize).try_lock() {
+                    g.set_home(Home::Inherited, 0);
+                }
+            }
+            let now = pager.tracker.tick();
+            for (p, freq) in warm {
+                let e = pager.table.get(p as usize);
+                if let Some(g) = e.try_lock() {
+                    if g.view().home() == Home::Zero {
+                        g.set_home(Home::Inherited, 0);
+                    }
+                    if !g.view().resident() && pager.budget.try_reserve() {
+                        // Predicted hot: the reclaim clock passes it over once.
+                        g.set(RESIDENT | REFERENCED);
+                        let (f, seen) = e.stats();
+                        f.store(freq, Ordering::Relaxed);
+                        seen.store(now as u16, Ordering::Relaxed);
+                    }
+                }
+            }
+            pager.inherited = Some(source);
         }
         let pager = Arc::new(pager);
         let stop = Arc::new(AtomicBool::new(false));
@@ -261,23 +346,8 @@ impl Engine {
             });
         }
         let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
-        match v.home() {
-            Home::Zero => out.fill(0),
-            Home::Ssd(slot) => {
-                self.pager
-                    .ssd
-                    .read(slot, v.crc, &mut buf)
-                    .map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
-                out.copy_from_slice(&buf);
-            }
-            Home::Object(loc) => {
-                self.pager
-                    .object
-                    .read(loc, v.crc, &mut buf)
-                    .map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
-                out.copy_from_slice(&buf);
-            }
-        }
+        self.pager.read_home(page, &v, &mut buf)?;
+        out.copy_from_slice(&buf);
         Ok(())
     }
 

@@ -73,6 +73,21 @@ pub enum EngineError {
         /// Guest page number.
         page: u64,
     },
+    /// A failover's inheritance does not fit the engine's configuration.
+    #[error("starting from the failed primary's checkpoint: {why}")]
+    Inherit {
+        /// What does not fit.
+        why: String,
+    },
+    /// An inherited copy (a failed primary's checkpoint) could not be read.
+    #[error("guest page {page}: reading its copy inherited from the failed primary")]
+    Inherited {
+        /// Guest page number.
+        page: u64,
+        /// Cause (`InvalidData`: the copy failed its checksum).
+        #[source]
+        source: std::io::Error,
+    },
     /// A checkpoint step was asked of an engine started without replication.
     #[error("replication is off: start the engine with `replicate` set to take checkpoints")]
     ReplicationOff,
@@ -100,6 +115,7 @@ impl EngineError {
             EngineError::Tier2 { source, .. } => matches!(source, SsdError::Corrupt { .. }),
             EngineError::Tier3 { source, .. } => matches!(source, ObjectError::Corrupt { .. }),
             EngineError::Poisoned { .. } => true,
+            EngineError::Inherited { source, .. } => source.kind() == std::io::ErrorKind::InvalidData,
             _ => false,
         }
     }

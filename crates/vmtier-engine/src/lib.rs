@@ -22,7 +22,10 @@ pub mod stats;
 pub mod tracker;
 
 pub use config::{ConfigError, EngineConfig, PolicyKind, PrefetchConfig};
-pub use engine::{Engine, ExternalMemory, FEATURES, MetadataBytes, REGISTER_MODE, Snapshot, register_guest_memory};
+pub use engine::{
+    Engine, ExternalMemory, FEATURES, Inheritance, InheritedPages, MetadataBytes, REGISTER_MODE, Snapshot,
+    register_guest_memory,
+};
 pub use error::{EngineError, chain};
 pub use page_table::{Home, PageView, ReplState};
 pub use policy::Tier;

@@ -7,7 +7,7 @@
 //!
 //! | field | bits | meaning |
 //! |---|---|---|
-//! | `state` | 0–1 | home tier of the stored copy: 0 none (content is zeros), 2 tier 2, 3 tier 3 |
+//! | `state` | 0–1 | home of the stored copy: 0 none (content is zeros), 1 inherited (a failed primary's checkpoint), 2 tier 2, 3 tier 3 |
 //! | | 2 | `RESIDENT`: the page is in DRAM (present in the memfd) |
 //! | | 3 | `LOCKED`: a move of this page is in progress |
 //! | | 4 | `DIRTY`: the DRAM copy differs from the stored copy |
@@ -60,6 +60,9 @@ pub enum Home {
     Ssd(SlotId),
     /// A page in a tier-3 segment.
     Object(SegmentLoc),
+    /// A copy inherited at failover from the previous primary's last checkpoint, on shared
+    /// storage this engine reads but never writes or frees (see `Engine::start_inherited`).
+    Inherited,
 }
 
 impl Home {
@@ -76,6 +79,7 @@ impl Home {
     fn encode(self) -> u64 {
         match self {
             Home::Zero => 0,
+            Home::Inherited => 1,
             Home::Ssd(slot) => 2 | (u64::from(slot.0) << LOC_SHIFT),
             Home::Object(loc) => 3 | ((u64::from(loc.segment) << 16 | u64::from(loc.index)) << LOC_SHIFT),
         }
@@ -86,15 +90,17 @@ impl Home {
         match word & HOME_MASK {
             2 => Home::Ssd(SlotId(loc as u32)),
             3 => Home::Object(SegmentLoc { segment: (loc >> 16) as u32, index: loc as u16 }),
+            1 => Home::Inherited,
             _ => Home::Zero,
         }
     }
 
-    /// The tier number of the stored copy (0 for none).
+    /// The tier number of the stored copy (0 for none; an inherited copy counts as tier 2, the
+    /// shared storage it is read from).
     pub fn tier(self) -> u8 {
         match self {
             Home::Zero => 0,
-            Home::Ssd(_) => 2,
+            Home::Ssd(_) | Home::Inherited => 2,
             Home::Object(_) => 3,
         }
     }
@@ -297,6 +303,7 @@ mod tests {
         g.set(RESIDENT | DIRTY);
         for home in [
             Home::Zero,
+            Home::Inherited,
             Home::Ssd(SlotId(u32::MAX)),
             Home::Object(SegmentLoc { segment: u32::MAX, index: u16::MAX }),
             Home::Object(SegmentLoc { segment: 7, index: 3 }),

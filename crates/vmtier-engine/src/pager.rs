@@ -90,6 +90,8 @@ pub struct Pager {
     reclaimer: OnceLock<std::thread::Thread>,
     /// Change tracking for checkpoint replication, when it is on.
     pub(crate) repl: Option<ReplTrack>,
+    /// Where `Home::Inherited` pages are read from, after a failover.
+    pub(crate) inherited: Option<std::sync::Arc<dyn crate::InheritedPages>>,
 }
 
 /// Most pages written to tier 2 with one batch (1 MiB).
@@ -142,6 +144,7 @@ impl Pager {
             headroom,
             reclaimer: OnceLock::new(),
             repl: None,
+            inherited: None,
         }
     }
 
@@ -185,7 +188,8 @@ impl Pager {
     /// Frees the storage of a stored copy nothing references any more.
     pub(crate) fn release(&self, home: Home) {
         match home {
-            Home::Zero => {}
+            // Inherited copies belong to the failed primary's store: never freed here.
+            Home::Zero | Home::Inherited => {}
             Home::Ssd(slot) => {
                 if let Err(e) = self.ssd.free(slot) {
                     error!(slot = slot.0, error = %crate::error::chain(&e), "freeing a tier-2 slot failed");
@@ -216,6 +220,17 @@ impl Pager {
                 add(&self.stats.bytes_read, PAGE_SIZE as u64);
                 Ok(())
             }
+            Home::Inherited => {
+                let Some(src) = &self.inherited else {
+                    return Err(EngineError::Inherited {
+                        page: page as u64,
+                        source: std::io::Error::other("the page is marked inherited but the engine inherited nothing"),
+                    });
+                };
+                src.read(page as u64, buf).map_err(|source| EngineError::Inherited { page: page as u64, source })?;
+                add(&self.stats.bytes_read, PAGE_SIZE as u64);
+                Ok(())
+            }
         }
     }
 
@@ -235,29 +250,40 @@ impl Pager {
             return Err(EngineError::Poisoned { page: page as u64 });
         }
         let addr = self.addr(page);
-        let filled = match v.home() {
-            Home::Zero if write => {
-                bump(&self.stats.zero_fills);
-                self.uffd.zeropage(addr, PAGE_SIZE).map_err(page_err("UFFDIO_ZEROPAGE", page))?
-            }
-            Home::Zero => {
-                bump(&self.stats.zero_fills);
-                self.uffd.copy(addr, &self.zero, true, true).map_err(page_err("UFFDIO_COPY", page))?
-            }
-            home => {
-                self.read_home(page, &v, buf)?;
-                bump(if matches!(home, Home::Ssd(_)) { &self.stats.tier2_hits } else { &self.stats.tier3_hits });
-                self.uffd.copy(addr, buf, !write, true).map_err(page_err("UFFDIO_COPY", page))?
+        if write {
+            // Before the install wakes the guest: a checkpoint captured after the guest's write
+            // must find the page dirty and marked changed.
+            self.mark_dirty(page, g);
+        }
+        let mut install = || -> Result<Filled, EngineError> {
+            Ok(match v.home() {
+                Home::Zero if write => {
+                    bump(&self.stats.zero_fills);
+                    self.uffd.zeropage(addr, PAGE_SIZE).map_err(page_err("UFFDIO_ZEROPAGE", page))?
+                }
+                Home::Zero => {
+                    bump(&self.stats.zero_fills);
+                    self.uffd.copy(addr, &self.zero, true, true).map_err(page_err("UFFDIO_COPY", page))?
+                }
+                home => {
+                    self.read_home(page, &v, buf)?;
+                    bump(if matches!(home, Home::Object(_)) { &self.stats.tier3_hits } else { &self.stats.tier2_hits });
+                    self.uffd.copy(addr, buf, !write, true).map_err(page_err("UFFDIO_COPY", page))?
+                }
+            })
+        };
+        let filled = match install() {
+            Ok(f) => f,
+            Err(e) => {
+                g.clear(DIRTY);
+                return Err(e);
             }
         };
         if filled == Filled::AlreadyPresent {
             // Present without passing through the page table: nobody knows whether it changed.
             warn!(page, "page was already present at install; treating it as dirty");
+            self.mark_dirty(page, g);
             self.uffd.wake(addr, PAGE_SIZE).map_err(page_err("UFFDIO_WAKE", page))?;
-            self.mark_dirty(page, g);
-        }
-        if write {
-            self.mark_dirty(page, g);
         }
         g.set(RESIDENT);
         trace!(page, home = ?v.home(), crc = v.crc, write, "fill");

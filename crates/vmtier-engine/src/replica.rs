@@ -22,7 +22,8 @@
 //! It is freed only when none references it: the engine's release of an old home is skipped
 //! while the replica still references it ([`ReplTrack::retains`]), and `commit` frees what the
 //! replica let go of unless it is the engine's home. Both sides decide under the page's lock, so
-//! a copy is freed exactly once. So a secondary reading the last committed checkpoint never
+//! a copy is freed exactly once. The in-flight map stays visible until `commit` has moved every
+//! page's entry into the committed map, so no copy is ever referenced by neither. So a secondary reading the last committed checkpoint never
 //! finds its pages overwritten, whatever the primary does next — and a primary that can no
 //! longer commit (fenced) can never free them.
 //!
@@ -147,10 +148,13 @@ impl ReplTrack {
         lock: impl Fn(u32) -> PageGuard<'a>,
         mut free: impl FnMut(u32, Home),
     ) {
-        let Some(map) = self.pending.lock().take() else {
+        // The pending map stays visible until every page is done: a page's new copy must stay
+        // retained (`retains`) until its committed entry says so.
+        let Some(entries) = self.pending.lock().as_ref().map(|m| m.iter().map(|(&p, &h)| (p, h)).collect::<Vec<_>>())
+        else {
             return;
         };
-        for (page, new) in map {
+        for (page, new) in entries {
             let g = lock(page);
             let engine = g.view().home().word();
             let slot = &self.committed[page as usize];
@@ -164,6 +168,7 @@ impl ReplTrack {
             }
             drop(g);
         }
+        *self.pending.lock() = None;
     }
 
     /// DRAM used by the tracking.

@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use vmtier_engine::{DeltaPage, Engine, EngineConfig, Home, PAGE_SIZE, Tier};
+use vmtier_engine::{DeltaPage, Engine, EngineConfig, Home, Inheritance, InheritedPages, PAGE_SIZE, Tier};
 use vmtier_storage::segment;
+use vmtier_uffd::Memfd;
 
-use common::{config, page_bytes, retry_busy, with_deadline, write_page};
+use common::{check_page, config, page_bytes, read_host, retry_busy, with_deadline, write_page};
 
 /// The replica's view: page → (stored copy, crc), as the log's checkpoints build it.
 type ReplicaMap = HashMap<u32, (Home, u32)>;
@@ -31,6 +32,7 @@ fn read_stored(cfg: &EngineConfig, home: Home) -> Vec<u8> {
     let mut out = vec![0u8; PAGE_SIZE];
     let (path, offset) = match home {
         Home::Zero => return out,
+        Home::Inherited => panic!("the first primary inherits nothing"),
         Home::Ssd(slot) => {
             let spf = cfg.tier2.slots_per_file;
             (cfg.tier2.dir.join(format!("slots-{:05}.dat", slot.0 / spf)), u64::from(slot.0 % spf) * PAGE_SIZE as u64)
@@ -106,11 +108,10 @@ fn committed_checkpoint_reads_back_while_the_engine_moves_on() {
     // Checkpoint 1 is untouched by all that.
     check_map(&cfg, &map1, &model1, "checkpoint 1 after later activity");
 
-    // Checkpoint 2 carries only what changed, and reads back as memory now.
+    // Checkpoint 2 carries exactly what changed, and reads back as memory now.
     let d2 = checkpoint(&engine, true);
-    for d in &d2 {
-        assert!(touched.contains(&d.page), "page {} is in the delta but never changed", d.page);
-    }
+    let in_delta: BTreeSet<u32> = d2.iter().map(|d| d.page).collect();
+    assert_eq!(in_delta, touched, "the delta is not the set of changed pages");
     apply(&mut map, &d2);
     check_map(&cfg, &map, &model, "checkpoint 2");
     let (model2, map2) = (model.clone(), map.clone());
@@ -121,7 +122,7 @@ fn committed_checkpoint_reads_back_while_the_engine_moves_on() {
         *value = 9;
     }
     let d3 = checkpoint(&engine, false);
-    assert!(d3.len() >= 40);
+    assert!(d3.len() >= 40, "the 40 rewritten pages are not all in the delta");
     check_map(&cfg, &map2, &model2, "checkpoint 2 after an aborted one");
 
     // A clean page whose checkpoint copy was adopted evicts without a write.
@@ -208,4 +209,91 @@ fn checkpoints_under_a_running_writer() {
         let s = engine.snapshot();
         assert!(s.demotions > 0, "the test needs eviction during checkpoints");
     });
+}
+
+/// The failed primary's checkpoint, read from its files as a secondary would.
+#[derive(Debug)]
+struct Inherited {
+    cfg: EngineConfig,
+    map: ReplicaMap,
+}
+
+impl InheritedPages for Inherited {
+    fn read(&self, page: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let (home, crc) = self.map.get(&(page as u32)).copied().unwrap_or((Home::Zero, 0));
+        let bytes = read_stored(&self.cfg, home);
+        if home != Home::Zero && crc32c::crc32c(&bytes) != crc {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("page {page}: crc mismatch")));
+        }
+        out.copy_from_slice(&bytes);
+        Ok(())
+    }
+}
+
+/// A new primary started from the committed checkpoint sees memory exactly as it was at that
+/// checkpoint (not the failed primary's later, uncommitted writes); its warm pages cost no
+/// I/O; written pages leave the inherited store for its own.
+#[test]
+fn failover_starts_from_the_committed_checkpoint() {
+    const PAGES: usize = 128;
+    let (cfg, _dir) = replicating(PAGES as u64, 64);
+    let primary = Engine::start(cfg.clone()).expect("start primary");
+    let mem = primary.guest_words();
+    let mut model = vec![0u64; PAGES];
+    for (p, value) in model.iter_mut().enumerate().take(100) {
+        write_page(mem, p, 7);
+        *value = 7;
+    }
+    let mut map = ReplicaMap::new();
+    apply(&mut map, &checkpoint(&primary, true));
+    // Written after the last commit: lost with the primary, as they must be.
+    for p in 0..10 {
+        write_page(mem, p, 99);
+    }
+    let stored: Vec<u32> = map.iter().filter(|(_, (h, _))| *h != Home::Zero).map(|(&p, _)| p).collect();
+    assert_eq!(stored.len(), 100);
+    // The secondary's warm set: 30 of the stored pages, already in its memory file.
+    let memfd = Memfd::create("warm", cfg.memory.0).expect("memfd");
+    let warm: Vec<(u32, u8)> = (50..80).map(|p| (p, 90)).collect();
+    let source = Inherited { cfg: cfg.clone(), map: map.clone() };
+    for &(p, _) in &warm {
+        let mut buf = vec![0u8; PAGE_SIZE];
+        source.read(u64::from(p), &mut buf).expect("read warm page");
+        memfd.write_at(&buf, p as u64 * PAGE_SIZE as u64).expect("fill warm page");
+    }
+    let (mut cfg2, _dir2) = replicating(PAGES as u64, 64);
+    cfg2.fault.handler_threads = 1;
+    let inh = Inheritance { memfd, warm: warm.clone(), stored, source: std::sync::Arc::new(source) };
+    let engine = Engine::start_inherited(cfg2, inh).expect("start inherited");
+    assert_eq!(engine.snapshot().resident_bytes, (warm.len() * PAGE_SIZE) as u64, "warm pages resident at start");
+    let mem = engine.guest_words();
+    // Warm pages first (the others would push them out of the 64-page DRAM): no I/O for them.
+    for &(p, _) in &warm {
+        check_page(mem, p as usize, model[p as usize]);
+    }
+    let s = engine.snapshot();
+    assert_eq!((s.faults, s.bytes_read), (0, 0), "warm pages were faulted in again");
+    for (p, &value) in model.iter().enumerate() {
+        check_page(mem, p, value);
+    }
+    let s = engine.snapshot();
+    assert_eq!(s.bytes_read, ((100 - warm.len()) * PAGE_SIZE) as u64, "warm pages were read again");
+    assert_eq!(s.tier2_hits, (100 - warm.len()) as u64);
+    // Written pages go to the new primary's own store; inherited copies stay as they were.
+    write_page(mem, 60, 8);
+    write_page(mem, 10, 8);
+    for p in [60, 10] {
+        assert!(retry_busy("evict", || engine.move_page(p, Tier::Ssd)).unwrap());
+        assert!(matches!(engine.page(p).unwrap().home(), Home::Ssd(_)));
+        assert_eq!(read_host(&engine, p).unwrap(), page_bytes(p, 8));
+    }
+    // A clean inherited page is dropped without a write and comes back from the old store.
+    check_page(mem, 70, 7);
+    assert!(retry_busy("evict", || engine.move_page(70, Tier::Ssd)).unwrap());
+    assert_eq!(engine.page(70).unwrap().home(), Home::Inherited);
+    check_page(mem, 70, 7);
+    // The new primary's first checkpoint is the full map, inherited pages included.
+    let delta = checkpoint(&engine, true);
+    assert_eq!(delta.len(), PAGES);
+    assert!(delta.iter().any(|d| d.home == Home::Inherited));
 }
