@@ -327,7 +327,8 @@ pub struct ObjectTier {
     state: Mutex<State>,
 }
 
-fn parse_store(cfg: &ObjectConfig) -> Result<(Arc<dyn ObjectStore>, ObjPath), ObjectError> {
+/// The object store and key prefix that `cfg.url` names (url forms in the [module docs](self)).
+pub fn parse_store(cfg: &ObjectConfig) -> Result<(Arc<dyn ObjectStore>, ObjPath), ObjectError> {
     let url = cfg.url.as_str();
     let parse_err = || ObjectError::ParseUrl { url: url.to_string() };
     if let Some(rest) = url.strip_prefix("s3://") {
@@ -385,6 +386,19 @@ impl ObjectTier {
     /// Opens tier 3 at `cfg.url` and deletes the segments an earlier run left under its prefix
     /// (the tier is volatile and starts empty).
     pub fn open(cfg: ObjectConfig) -> Result<Self, ObjectError> {
+        let tier = Self::connect(cfg)?;
+        tier.clear()?;
+        Ok(tier)
+    }
+
+    /// Opens another process's tier 3 at `cfg.url` to read its pages, as a secondary host reads
+    /// the primary's segments: nothing is deleted, and only [`read`](Self::read) and
+    /// [`read_many`](Self::read_many) are meaningful (this handle knows no segments of its own).
+    pub fn open_reader(cfg: ObjectConfig) -> Result<Self, ObjectError> {
+        Self::connect(cfg)
+    }
+
+    fn connect(cfg: ObjectConfig) -> Result<Self, ObjectError> {
         cfg.validate()?;
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(ObjectError::InsideRuntime);
@@ -396,9 +410,7 @@ impl ObjectTier {
             .enable_all()
             .build()
             .map_err(|source| ObjectError::Runtime { source })?;
-        let tier = Self { cfg, rt, store, prefix, state: Mutex::new(State::default()) };
-        tier.clear()?;
-        Ok(tier)
+        Ok(Self { cfg, rt, store, prefix, state: Mutex::new(State::default()) })
     }
 
     fn clear(&self) -> Result<(), ObjectError> {

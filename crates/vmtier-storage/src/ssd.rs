@@ -298,6 +298,8 @@ pub struct SsdStore {
     cfg: SsdConfig,
     files: RwLock<Vec<Arc<SlotFile>>>,
     alloc: Mutex<AllocState>,
+    /// Opened with [`open_reader`](Self::open_reader): another process's store, read only.
+    reader: bool,
 }
 
 impl SsdStore {
@@ -322,7 +324,8 @@ impl SsdStore {
                 std::fs::remove_file(&file).map_err(|source| SsdError::RemoveStale { file, source })?;
             }
         }
-        let store = Self { cfg, files: RwLock::new(Vec::new()), alloc: Mutex::new(AllocState::default()) };
+        let store =
+            Self { cfg, files: RwLock::new(Vec::new()), alloc: Mutex::new(AllocState::default()), reader: false };
         if store.cfg.direct_io {
             let probe = store.cfg.dir.join(".direct-io-probe");
             let f = store.open_file(&probe);
@@ -330,6 +333,36 @@ impl SsdStore {
             f?;
         }
         Ok(store)
+    }
+
+    /// Opens another process's store in `cfg.dir` to read it, as a secondary host reads the
+    /// primary's tier 2 on shared storage: nothing is removed or created, slot files are opened
+    /// read-only when first needed (the owner may add files later), and allocation, writes and
+    /// frees are refused. Checksums come from the caller, as with [`open`](Self::open).
+    pub fn open_reader(cfg: SsdConfig) -> Result<Self, SsdError> {
+        if cfg.slots_per_file == 0 || cfg.slots_per_file > (1 << 24) {
+            return Err(SsdError::Config {
+                reason: format!("slots_per_file = {} must be in 1..=16777216", cfg.slots_per_file),
+            });
+        }
+        std::fs::read_dir(&cfg.dir).map_err(|source| SsdError::OpenDir { dir: cfg.dir.clone(), source })?;
+        Ok(Self { cfg, files: RwLock::new(Vec::new()), alloc: Mutex::new(AllocState::default()), reader: true })
+    }
+
+    /// Opens, read-only, the slot files of a reader up to file `index`.
+    fn open_files_up_to(&self, index: usize) -> Result<(), SsdError> {
+        let mut files = self.files.write();
+        while files.len() <= index {
+            let path = self.path_of_file(files.len() as u32);
+            let mut opts = OpenOptions::new();
+            opts.read(true);
+            if self.cfg.direct_io {
+                opts.custom_flags(libc::O_DIRECT);
+            }
+            let file = opts.open(&path).map_err(|source| SsdError::CreateFile { file: path.clone(), source })?;
+            files.push(Arc::new(SlotFile { file, path }));
+        }
+        Ok(())
     }
 
     /// The configuration the store was opened with.
@@ -368,6 +401,9 @@ impl SsdStore {
 
     fn locate(&self, slot: SlotId) -> Result<(Arc<SlotFile>, u64), SsdError> {
         let spf = self.spf();
+        if self.reader && (slot.0 / spf) as usize >= self.files.read().len() {
+            self.open_files_up_to((slot.0 / spf) as usize)?;
+        }
         let files = self.files.read();
         match files.get((slot.0 / spf) as usize) {
             Some(f) => Ok((Arc::clone(f), u64::from(slot.0 % spf) * PAGE)),
@@ -377,6 +413,9 @@ impl SsdStore {
 
     /// Allocates a slot: the lowest free one, else the first slot of a new file.
     pub fn alloc(&self) -> Result<SlotId, SsdError> {
+        if self.reader {
+            return Err(SsdError::Config { reason: "the store was opened read-only (open_reader)".into() });
+        }
         let mut st = self.alloc.lock();
         if st.free.is_empty() {
             self.grow(&mut st)?;

@@ -345,3 +345,34 @@ fn read_span_checks_only_the_wanted_pages() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+/// A secondary host reads the primary's store without disturbing it, including slot files the
+/// primary adds after the reader opened, and is refused any write.
+#[test]
+fn reader_sees_the_owners_pages_and_cannot_write() {
+    let (_d, s) = store(4);
+    let first: Vec<(SlotId, u32)> = (0..3)
+        .map(|i| {
+            let slot = s.alloc().expect("alloc");
+            (slot, s.write(slot, &page(i)).expect("write"))
+        })
+        .collect();
+    let reader = SsdStore::open_reader(s.config().clone()).expect("open reader");
+    // The owner grows to a third file after the reader opened.
+    let later: Vec<(SlotId, u32)> = (3..10)
+        .map(|i| {
+            let slot = s.alloc().expect("alloc");
+            (slot, s.write(slot, &page(i)).expect("write"))
+        })
+        .collect();
+    let mut out = AlignedBuf::zeroed(PAGE_SIZE);
+    for (i, (slot, crc)) in first.iter().chain(&later).enumerate() {
+        reader.read(*slot, *crc, &mut out).expect("reader read");
+        assert_eq!(&out[..], &page(i as u64)[..]);
+    }
+    assert!(matches!(reader.read(first[0].0, first[0].1 ^ 1, &mut out), Err(SsdError::Corrupt { .. })));
+    assert!(reader.alloc().is_err(), "a reader must not allocate");
+    assert!(reader.write(first[0].0, &page(0)).is_err(), "a reader must not write");
+    // The reader left the owner's files alone.
+    s.read(first[0].0, first[0].1, &mut out).expect("owner read");
+}
