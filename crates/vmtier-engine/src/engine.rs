@@ -413,6 +413,29 @@ impl Engine {
         self.pager.finish_checkpoint(committed)
     }
 
+    /// The `max` hottest pages by access frequency (decayed to now), hottest first, as
+    /// `(page, frequency 0–100, ticks since last seen)`: the access statistics replication
+    /// sends to a secondary, which keeps these pages warm. Pages never observed are left out.
+    pub fn heat(&self, max: usize) -> Vec<(u32, u8, u16)> {
+        let p = &self.pager;
+        let now = p.tracker.tick();
+        let mut hot: Vec<(u32, u8, u16)> = Vec::new();
+        for (page, e) in p.table.iter().enumerate() {
+            let v = e.view();
+            let freq = p.tracker.frequency(v.freq, v.seen, now);
+            if freq > 0 || (v.resident() && v.freq > 0) {
+                hot.push((page as u32, freq, (now as u16).wrapping_sub(v.seen)));
+            }
+        }
+        let key = |h: &(u32, u8, u16)| (std::cmp::Reverse(h.1), h.2, h.0);
+        if hot.len() > max && max > 0 {
+            hot.select_nth_unstable_by_key(max - 1, key);
+        }
+        hot.truncate(max);
+        hot.sort_unstable_by_key(key);
+        hot
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         snapshot(&self.pager, &self.cfg, self.policy)
     }

@@ -297,3 +297,25 @@ fn failover_starts_from_the_committed_checkpoint() {
     assert_eq!(delta.len(), PAGES);
     assert!(delta.iter().any(|d| d.home == Home::Inherited));
 }
+
+/// The access statistics replication ships: the hottest pages first, bounded, only pages seen.
+#[test]
+fn heat_lists_the_hottest_observed_pages() {
+    let (cfg, _dir) = replicating(128, 128);
+    let engine = Engine::start(cfg).expect("start");
+    let mem = engine.guest_words();
+    assert!(engine.heat(10).is_empty(), "nothing observed yet");
+    for p in 0..50 {
+        write_page(mem, p, 1);
+    }
+    // The fault handler records the last access just after it woke the guest.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.heat(1000).len() < 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let heat = engine.heat(10);
+    assert_eq!(heat.len(), 10);
+    assert!(heat.windows(2).all(|w| w[0].1 >= w[1].1), "not hottest first: {heat:?}");
+    assert!(heat.iter().all(|h| h.0 < 50 && h.1 > 0));
+    assert_eq!(engine.heat(1000).len(), 50);
+}
