@@ -26,7 +26,7 @@ pub mod vm;
 pub use elf::GuestImage;
 pub use error::VmError;
 pub use memory::GuestRam;
-pub use runner::{GuestLatency, GuestOutcome, GuestSpec, GuestWorkload, run_guest};
+pub use runner::{GuestLatency, GuestOutcome, GuestSpec, GuestWorkload, Start, run_guest, run_guest_with};
 pub use state::VcpuState;
 pub use vm::{GuestEvent, MicroVm, Pauser, RunExit, VmOptions, tsc_per_ms};
 

@@ -12,6 +12,7 @@ use vmtier_workload::{PageTrace, Phase, Progress, WorkloadReport};
 use crate::abi::{self, GuestReport, phase, workload};
 use crate::elf::GuestImage;
 use crate::error::VmError;
+use crate::state::VcpuState;
 use crate::vm::{GuestEvent, MicroVm, RunExit};
 
 /// The workloads of the built-in guest program.
@@ -329,12 +330,41 @@ impl ProgressSink {
 /// Boots the built-in guest program on `vm` with `spec` and runs it to its exit, publishing
 /// progress. Guest output lines are logged and kept in the outcome.
 pub fn run_guest(vm: &mut MicroVm<'_>, spec: &GuestSpec, progress: &Progress) -> Result<GuestOutcome, VmError> {
-    let image = GuestImage::parse(crate::GUEST_ELF)?;
+    run_guest_with(vm, spec, progress, Start::Boot, &mut |_| Ok(()))
+}
+
+/// How [`run_guest_with`] starts the guest.
+#[derive(Debug)]
+pub enum Start {
+    /// Boot the guest program from its ELF image.
+    Boot,
+    /// Resume from a saved vCPU state; guest memory already holds the running program (a
+    /// failover resumes the failed primary's last checkpoint this way).
+    Resume(Box<VcpuState>),
+}
+
+/// Like [`run_guest`], starting as `start` says, and calling `on_pause` on the vCPU thread each
+/// time the VM is paused from outside ([`crate::Pauser::pause`]) — with the vCPU stopped, so a
+/// checkpoint can save its state and capture guest memory — then resuming it. An error from
+/// `on_pause` stops the run.
+pub fn run_guest_with(
+    vm: &mut MicroVm<'_>,
+    spec: &GuestSpec,
+    progress: &Progress,
+    start: Start,
+    on_pause: &mut dyn FnMut(&MicroVm<'_>) -> Result<(), VmError>,
+) -> Result<GuestOutcome, VmError> {
     let mut boot = boot_info_for(vm, spec);
-    if spec.workload == GuestWorkload::Trace {
-        place_trace(vm, spec, &mut boot)?;
+    match start {
+        Start::Boot => {
+            let image = GuestImage::parse(crate::GUEST_ELF)?;
+            if spec.workload == GuestWorkload::Trace {
+                place_trace(vm, spec, &mut boot)?;
+            }
+            vm.boot(&image, &boot)?;
+        }
+        Start::Resume(state) => vm.restore_vcpu(&state)?,
     }
-    vm.boot(&image, &boot)?;
     let started = Instant::now();
     let mut sink = ProgressSink::new();
     let mut lines = Vec::new();
@@ -350,11 +380,9 @@ pub fn run_guest(vm: &mut MicroVm<'_>, spec: &GuestSpec, progress: &Progress) ->
         })?;
         match exit {
             RunExit::Exited(status) => break status,
-            // Paused from outside: the caller resumes by clearing the pauser; wait for that.
             RunExit::Paused => {
-                while vm.pauser().requested() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                on_pause(vm)?;
+                vm.pauser().clear();
             }
         }
     };

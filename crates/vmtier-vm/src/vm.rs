@@ -76,6 +76,9 @@ impl Pauser {
     pub fn pause(&self) {
         self.inner.requested.store(true, Ordering::SeqCst);
         while self.inner.running.load(Ordering::SeqCst) && !self.inner.paused.load(Ordering::SeqCst) {
+            // Again each round: the vCPU thread may have cleared an earlier request (`clear`
+            // after handling a pause) just after this one was made.
+            self.inner.requested.store(true, Ordering::SeqCst);
             let tid = self.inner.thread.load(Ordering::SeqCst);
             if tid != 0 {
                 // SAFETY: `tid` is the pthread_t of the vCPU thread, stored while it runs
