@@ -163,8 +163,13 @@ impl ReplTrack {
                 if old != new && old != 0 && old != engine {
                     free(page, Home::from_word(old));
                 }
-            } else if new != 0 && new != engine && new != slot.load(Ordering::Acquire) {
-                free(page, Home::from_word(new));
+            } else {
+                if new != 0 && new != engine && new != slot.load(Ordering::Acquire) {
+                    free(page, Home::from_word(new));
+                }
+                // Not replicated after all: the next checkpoint takes the page again.
+                g.clear(CAPTURED);
+                self.mark(page as usize);
             }
             drop(g);
         }
@@ -264,6 +269,9 @@ impl Pager {
                 let g = lock_page(self.table.get(page as usize));
                 let v = g.view();
                 if needs_copy(v.word) {
+                    // Until `persist` replaces it, the page's current copy stands in for the
+                    // checkpoint's (and an abort knows the page was taken).
+                    r.set_pending(page, v.home());
                     held.push((page as usize, g, v.home()));
                 } else {
                     // Evicted (or zeroed) between the two passes: its home has the content.
@@ -353,6 +361,7 @@ mod tests {
     #[test]
     fn commit_frees_superseded_copies_the_engine_does_not_use() {
         let t = ReplTrack::new(4);
+        t.take_changed();
         let entries: Vec<PageEntry> = (0..4).map(|_| PageEntry::default()).collect();
         let (a, b) = (Home::Ssd(SlotId(10)), Home::Ssd(SlotId(11)));
         // Checkpoint 1: page 0 at `a`, which is also the engine's home.
@@ -383,5 +392,6 @@ mod tests {
         assert_eq!(freed, vec![(0, c)]);
         assert_eq!(Home::from_word(t.committed[0].load(Ordering::Relaxed)), b);
         assert!(!t.retains(0, c));
+        assert_eq!(t.take_changed(), vec![0, 1], "an aborted checkpoint's pages go into the next one");
     }
 }

@@ -124,6 +124,12 @@ fn committed_checkpoint_reads_back_while_the_engine_moves_on() {
     let d3 = checkpoint(&engine, false);
     assert!(d3.len() >= 40, "the 40 rewritten pages are not all in the delta");
     check_map(&cfg, &map2, &model2, "checkpoint 2 after an aborted one");
+    // What the aborted checkpoint took goes into the next one.
+    let d4 = checkpoint(&engine, true);
+    assert!(d4.len() >= 40, "the aborted checkpoint's pages are not all in the next one");
+    apply(&mut map, &d4);
+    check_map(&cfg, &map, &model, "checkpoint after the aborted one");
+    let map2 = map.clone();
 
     // A clean page whose checkpoint copy was adopted evicts without a write.
     let adopted = engine.snapshot().checkpoint_adopted;
