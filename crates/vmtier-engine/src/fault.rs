@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, trace};
 use vmtier_uffd::{AlignedBuf, Event, FaultKind, Filled, PAGE_SIZE};
 
-use crate::page_table::{POISONED, PREFETCHED, WRITTEN};
+use crate::page_table::{CAPTURED, POISONED, PREFETCHED, WRITTEN};
 use crate::pager::Pager;
 use crate::stats::bump;
 use crate::tracker::AccessKind;
@@ -192,7 +192,10 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
                 g.clear(PREFETCHED);
                 bump(&p.stats.prefetch_used);
             }
-            match p.uffd.continue_(address, PAGE_SIZE, !(v.dirty() || writable)) {
+            // A dirty page goes back writable, unless a checkpoint captured it since its last
+            // write: that capture must see the next write (which clears CAPTURED).
+            let map_writable = writable || (v.dirty() && v.word & CAPTURED == 0);
+            match p.uffd.continue_(address, PAGE_SIZE, !map_writable) {
                 Ok(Filled::Done) => {}
                 Ok(Filled::AlreadyPresent) => wake(),
                 Err(e) => error!(page, error = %crate::error::chain(&e), "UFFDIO_CONTINUE failed"),

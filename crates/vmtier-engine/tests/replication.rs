@@ -166,9 +166,26 @@ fn capture_needs_replication_and_one_checkpoint_at_a_time() {
 /// reads back as memory at its pause, under steady eviction.
 #[test]
 fn checkpoints_under_a_running_writer() {
-    with_deadline("checkpoints under a running writer", Duration::from_secs(120), || {
+    running_writer(false);
+}
+
+/// The same with the MTM moving pages and sampling accesses: a sampled page comes back through
+/// a MINOR fault, which must not map a captured page writable.
+#[test]
+fn checkpoints_under_a_running_writer_with_sampling() {
+    running_writer(true);
+}
+
+fn running_writer(mtm: bool) {
+    with_deadline("checkpoints under a running writer", Duration::from_secs(120), move || {
         const PAGES: usize = 512;
-        let (cfg, _dir) = replicating(PAGES as u64, 96);
+        let (mut cfg, _dir) = replicating(PAGES as u64, 96);
+        if mtm {
+            cfg.mtm.enabled = true;
+            cfg.mtm.tick_ms = 10;
+            cfg.mtm.headroom_pages = 8;
+            cfg.tracker.sample_pages_per_sec = 50_000;
+        }
         let engine = Arc::new(Engine::start(cfg.clone()).expect("start"));
         let model: Arc<Vec<AtomicU64>> = Arc::new((0..PAGES).map(|_| AtomicU64::new(0)).collect());
         // The guest holds the read side while it writes a page; a pause takes the write side.
@@ -188,6 +205,9 @@ fn checkpoints_under_a_running_writer() {
                     let p = if !x.is_multiple_of(4) { (x >> 8) as usize % 64 } else { (x >> 8) as usize % PAGES };
                     let _g = pause.read().unwrap();
                     version += 1;
+                    // Read before writing, as guests do: a read fault (or a sampling MINOR
+                    // fault) may map the page before the write reaches it.
+                    std::hint::black_box(mem[p * common::WORDS].load(Ordering::Relaxed));
                     write_page(mem, p, version);
                     model[p].store(version, Ordering::Relaxed);
                 }
