@@ -67,6 +67,9 @@ pub enum VmError {
     /// The page server serving this VM's memory went away.
     #[error("the page server died ({0}); guest memory can no longer be served")]
     PageServerDied(String),
+    /// A checkpoint taken at a pause failed (see `run_guest_with`).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 impl VmError {

@@ -380,10 +380,7 @@ pub fn run_guest_with(
         })?;
         match exit {
             RunExit::Exited(status) => break status,
-            RunExit::Paused => {
-                on_pause(vm)?;
-                vm.pauser().clear();
-            }
+            RunExit::Paused => on_pause(vm)?,
         }
     };
     progress.set_phase(Phase::Done);

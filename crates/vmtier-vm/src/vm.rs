@@ -53,8 +53,9 @@ pub enum RunExit {
     Paused,
 }
 
-/// Stops a running vCPU from another thread: a flag plus a signal that kicks it out of
-/// `KVM_RUN`, resent until the vCPU notices.
+/// Stops a running vCPU from another thread: a numbered request plus a signal that kicks it
+/// out of `KVM_RUN`, resent until the vCPU notices. Each pause of the vCPU serves every request
+/// made before it, so a request is never lost and never served twice.
 #[derive(Debug, Clone, Default)]
 pub struct Pauser {
     inner: Arc<PauseInner>,
@@ -62,8 +63,10 @@ pub struct Pauser {
 
 #[derive(Debug, Default)]
 struct PauseInner {
-    requested: AtomicBool,
-    paused: AtomicBool,
+    /// Pause requests made so far.
+    requests: AtomicU64,
+    /// Requests served: the value of `requests` when the vCPU last paused.
+    served: AtomicU64,
     running: AtomicBool,
     thread: AtomicU64,
     /// Set by [`Pauser::abort`]; never cleared.
@@ -72,13 +75,11 @@ struct PauseInner {
 }
 
 impl Pauser {
-    /// Asks the vCPU to stop and waits until it has (or until it is not running at all).
+    /// Asks the vCPU to stop and waits until it has (or until it is not running at all): until
+    /// [`MicroVm::run`] has returned [`RunExit::Paused`] for this request.
     pub fn pause(&self) {
-        self.inner.requested.store(true, Ordering::SeqCst);
-        while self.inner.running.load(Ordering::SeqCst) && !self.inner.paused.load(Ordering::SeqCst) {
-            // Again each round: the vCPU thread may have cleared an earlier request (`clear`
-            // after handling a pause) just after this one was made.
-            self.inner.requested.store(true, Ordering::SeqCst);
+        let mine = self.inner.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        while self.inner.running.load(Ordering::SeqCst) && self.inner.served.load(Ordering::SeqCst) < mine {
             let tid = self.inner.thread.load(Ordering::SeqCst);
             if tid != 0 {
                 // SAFETY: `tid` is the pthread_t of the vCPU thread, stored while it runs
@@ -92,18 +93,19 @@ impl Pauser {
     /// Asks the vCPU to stop without waiting: [`MicroVm::run`] returns [`RunExit::Paused`] before
     /// it next enters the guest. Safe to call from the `run` callback itself.
     pub fn request(&self) {
-        self.inner.requested.store(true, Ordering::SeqCst);
+        self.inner.requests.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Clears a pause request so the next [`MicroVm::run`] continues.
+    /// Withdraws the requests not served yet, so the next [`MicroVm::run`] continues. (A pause
+    /// already serves every request made before it; this is only for a requester that changed
+    /// its mind.)
     pub fn clear(&self) {
-        self.inner.requested.store(false, Ordering::SeqCst);
-        self.inner.paused.store(false, Ordering::SeqCst);
+        self.inner.served.fetch_max(self.inner.requests.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
-    /// Whether a pause was requested.
+    /// Whether a pause was requested and not served yet.
     pub fn requested(&self) -> bool {
-        self.inner.requested.load(Ordering::SeqCst)
+        self.inner.requests.load(Ordering::SeqCst) > self.inner.served.load(Ordering::SeqCst)
     }
 
     /// Stops the VM for good because the page server serving its memory is gone: the running
@@ -367,8 +369,9 @@ impl<'m> MicroVm<'m> {
             if inner.aborted.load(Ordering::SeqCst) {
                 return Err(self.pauser.abort_error());
             }
-            if inner.requested.load(Ordering::SeqCst) {
-                inner.paused.store(true, Ordering::SeqCst);
+            let requests = inner.requests.load(Ordering::SeqCst);
+            if requests > inner.served.load(Ordering::SeqCst) {
+                inner.served.fetch_max(requests, Ordering::SeqCst);
                 return Ok(RunExit::Paused);
             }
             let exit = match self.vcpu.run() {
