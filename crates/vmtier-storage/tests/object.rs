@@ -4,15 +4,16 @@
 //! The S3 run needs the `s3s-fs` binary: `scripts/s3-test-server.sh install`, or point
 //! `VMTIER_S3S_FS` at it. Set `VMTIER_SKIP_S3=1` to skip the S3 run.
 
+#[path = "common/s3.rs"]
+mod s3;
+
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use vmtier_storage::object::{ObjectConfig, ObjectError, ObjectTier, SegmentLoc};
 use vmtier_storage::segment;
 use vmtier_uffd::PAGE_SIZE;
+
+use crate::s3::S3Server;
 
 fn page(seed: u64) -> Vec<u8> {
     let mut b = vec![0u8; PAGE_SIZE];
@@ -179,79 +180,9 @@ fn object_tier_on_local_directory() {
     tier.read(locs[0].0, locs[0].1, &mut out).expect("read");
 }
 
-/// An `s3s-fs` server on a free loopback port, killed on drop.
-struct S3Server {
-    child: Child,
-    port: u16,
-    _root: tempfile::TempDir,
-}
-
-const ACCESS_KEY: &str = "vmtier-test";
-const SECRET_KEY: &str = "vmtier-test-secret";
-const BUCKET: &str = "vmtier-test";
-
-fn find_s3s_fs() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VMTIER_S3S_FS") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|c| c.join("bin"));
-    std::env::split_paths(&path).chain(home_bin).map(|d| d.join("s3s-fs")).find(|p| p.is_file())
-}
-
-impl S3Server {
-    fn start(bin: &PathBuf) -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(root.path().join(BUCKET)).expect("create bucket directory");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let server = Self { child, port, _root: root };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port} within 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn object_tier_on_s3_server() {
-    let Some(bin) = find_s3s_fs() else {
-        if std::env::var("VMTIER_SKIP_S3").is_ok_and(|v| v == "1") {
-            eprintln!("SKIPPED object_tier_on_s3_server: s3s-fs not found and VMTIER_SKIP_S3=1");
-            return;
-        }
-        panic!(
-            "s3s-fs not found (looked at $VMTIER_S3S_FS, PATH and ~/.cargo/bin). Install it with \
-             `scripts/s3-test-server.sh install` (cargo install s3s-fs --version 0.14.1 --features \
-             binary --locked), or set VMTIER_SKIP_S3=1 to skip this test"
-        );
-    };
-    let server = S3Server::start(&bin);
-    let mut cfg = ObjectConfig::new(format!("s3://{BUCKET}/vm-0/tier3"));
-    cfg.endpoint = Some(format!("http://127.0.0.1:{}", server.port));
-    cfg.region = Some("us-east-1".into());
-    cfg.access_key_id = Some(ACCESS_KEY.into());
-    cfg.secret_access_key = Some(SECRET_KEY.into());
-    cfg.allow_http = true;
-    suite(&|cfg| ObjectTier::open(cfg).expect("open S3 tier"), cfg);
+    let Some(server) = S3Server::start_or_skip("object_tier_on_s3_server") else { return };
+    suite(&|cfg| ObjectTier::open(cfg).expect("open S3 tier"), server.config("vm-0/tier3"));
     drop(server);
 }

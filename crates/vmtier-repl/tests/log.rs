@@ -1,0 +1,694 @@
+//! Behaviour tests of the checkpoint log: fencing of a stale primary on every backend (directory,
+//! memory, a real S3-compatible server), damaged and partial records, ordering checks, the
+//! settle hold-back, and randomized store faults.
+
+#[path = "../../vmtier-storage/tests/common/s3.rs"]
+mod s3;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use vmtier_repl::log::{HEARTBEAT_KEY, epoch_key, log_key, read_claim};
+use vmtier_repl::record::{self, Heartbeat};
+use vmtier_repl::store::{BackendError, Created, DirStore, MemStore, SharedStore, StoreError};
+use vmtier_repl::{
+    Checkpoint, ExclusiveWrites, Fence, LeaseStatus, LeaseWatch, Location, LogError, LogReader, LogWriter, PageLoc,
+    Record, RecordError, ReplicaMap, map_digest, read_heartbeat,
+};
+
+use crate::s3::S3Server;
+
+type Model = BTreeMap<u32, (Location, u32)>;
+
+/// A checkpoint applying `changes` to `model` (seq and epoch left for the writer to fill in).
+fn ckpt(model: &mut Model, changes: &[(u32, Location, u32)], full: bool) -> Checkpoint {
+    for &(page, loc, crc) in changes {
+        if loc == Location::Zero {
+            model.remove(&page);
+        } else {
+            model.insert(page, (loc, crc));
+        }
+    }
+    let pages: Vec<PageLoc> = if full {
+        model.iter().map(|(&page, &(loc, crc))| PageLoc { page, loc, crc }).collect()
+    } else {
+        changes.iter().map(|&(page, loc, crc)| PageLoc { page, loc, crc }).collect()
+    };
+    Checkpoint {
+        created_unix_ms: 1,
+        guest_bytes: 1 << 20,
+        full,
+        pages,
+        digest: map_digest(model.iter().map(|(&p, &(_, c))| (p, c))),
+        ..Checkpoint::default()
+    }
+}
+
+fn ssd(page: u32, slot: u32) -> (u32, Location, u32) {
+    (page, Location::Ssd { store: 1, slot }, page.wrapping_mul(31) ^ slot)
+}
+
+/// Polls until the reader has returned record `head` (a store with a settle time holds the newest
+/// record back for a while).
+fn poll_to(reader: &mut LogReader, head: u64) -> Vec<Record> {
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        records.extend(reader.poll().expect("poll"));
+        if reader.next_seq() > head {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("reader stuck at {} before {head}", reader.next_seq());
+}
+
+/// The newest log position.
+fn head(store: &Arc<dyn SharedStore>) -> u64 {
+    store.list("log/").expect("list").last().map_or(0, |k| k[4..24].parse().expect("seq"))
+}
+
+/// Rebuilds the replica from a fresh reader and checks it equals `model`.
+fn check_replica(store: &Arc<dyn SharedStore>, model: &Model) -> Vec<Record> {
+    let mut reader = LogReader::open(store.clone()).expect("open reader");
+    let records = poll_to(&mut reader, head(store));
+    let mut map = ReplicaMap::new();
+    for r in &records {
+        map.apply_record(r).unwrap_or_else(|e| panic!("apply {}: {e}", r.seq()));
+    }
+    let got: Model = map.iter().map(|(p, l, c)| (p, (l, c))).collect();
+    assert_eq!(&got, model, "replica rebuilt from {}", store.describe());
+    records
+}
+
+fn assert_fenced(r: Result<impl std::fmt::Debug, LogError>, seq: u64, our: u64, by_epoch: u64, by_holder: &str) {
+    match r {
+        Err(LogError::Fenced { seq: s, our_epoch, by }) => {
+            assert_eq!((s, our_epoch, by.epoch), (seq, our, Some(by_epoch)), "{by}");
+            assert_eq!(by.holder.as_deref(), Some(by_holder));
+        }
+        other => panic!("expected Fenced at {seq}, got {other:?}"),
+    }
+}
+
+/// The fencing suite; `store` must be empty.
+fn fencing_suite(store: Arc<dyn SharedStore>) {
+    let mut model = Model::new();
+    // Primary A: the first epoch, no fence.
+    let mut a = LogWriter::claim(store.clone(), "host-a").expect("claim A");
+    assert_eq!((a.epoch(), a.next_seq()), (1, 1));
+    assert_eq!(read_claim(&*store, 1).expect("claim").map(|c| c.holder).as_deref(), Some("host-a"));
+    let mut reader = LogReader::open(store.clone()).expect("reader");
+    assert!(matches!(a.commit(&ckpt(&mut model, &[ssd(1, 1)], false)), Err(LogError::NeedFull { seq: 1 })));
+    assert_eq!(a.commit(&ckpt(&mut model, &[ssd(1, 1), ssd(2, 2)], true)).expect("commit 1"), 1);
+    assert_eq!(a.commit(&ckpt(&mut model, &[ssd(2, 3), (1, Location::Zero, 0)], false)).expect("commit 2"), 2);
+    a.heartbeat(2).expect("heartbeat");
+    let hb = read_heartbeat(&*store).expect("read").expect("heartbeat");
+    assert_eq!((hb.epoch, hb.holder.as_str(), hb.last_committed), (1, "host-a", 2));
+    check_replica(&store, &model);
+
+    // B claims: epoch 2, fence at 3.
+    let mut b = LogWriter::claim(store.clone(), "host-b").expect("claim B");
+    assert_eq!((b.epoch(), b.next_seq(), b.last_full()), (2, 4, Some(1)));
+    // A, the stale primary, can never commit again — nor heartbeat, nor truncate.
+    let stale = ckpt(&mut model.clone(), &[ssd(9, 9)], false);
+    assert_fenced(a.commit(&stale), 3, 1, 2, "host-b");
+    assert!(a.is_fenced());
+    assert_fenced(a.commit(&stale), 3, 1, 2, "host-b");
+    assert_fenced(a.heartbeat(2), 3, 1, 2, "host-b");
+    assert_fenced(a.truncate_before(1), 3, 1, 2, "host-b");
+    let msg = a.commit(&stale).expect_err("fenced").to_string();
+    assert!(msg.contains("host-b") && msg.contains("fenced"), "{msg}");
+    // B continues with deltas on the same map.
+    assert_eq!(b.commit(&ckpt(&mut model, &[ssd(3, 4)], false)).expect("commit 4"), 4);
+    let records = check_replica(&store, &model);
+    assert!(matches!(&records[2], Record::Fence(Fence { seq: 3, epoch: 2, holder, .. }) if holder == "host-b"));
+
+    // The old reader continues across the fence.
+    let seen: Vec<u64> = poll_to(&mut reader, 4).iter().map(Record::seq).collect();
+    assert_eq!(seen, [1, 2, 3, 4]);
+
+    // C takes over from B; B finds out at its next commit (C's fence took B's next position).
+    let mut c = LogWriter::claim(store.clone(), "host-c").expect("claim C");
+    assert_eq!((c.epoch(), c.next_seq()), (3, 6));
+    assert_eq!(c.commit(&ckpt(&mut model, &[ssd(4, 5)], true)).expect("full 6"), 6);
+    assert_fenced(b.commit(&ckpt(&mut model.clone(), &[ssd(5, 5)], false)), 5, 2, 3, "host-c");
+    c.heartbeat(6).expect("heartbeat C");
+
+    // Truncation keeps the newest full checkpoint; a reader opened later starts there.
+    assert!(matches!(c.truncate_before(7), Err(LogError::TruncateUnsafe { seq: 7, last_full: Some(6) })));
+    assert_eq!(c.commit(&ckpt(&mut model, &[ssd(5, 6)], false)).expect("commit 7"), 7);
+    assert_eq!(c.truncate_before(6).expect("truncate"), 5);
+    assert_eq!(store.list("log/").expect("list"), [log_key(6), log_key(7)]);
+    let records = check_replica(&store, &model);
+    assert_eq!(records.iter().map(Record::seq).collect::<Vec<_>>(), [6, 7]);
+    // The old reader fell behind the truncation: told so, not silently skipped ahead.
+    let mut behind = LogReader::open_at(store.clone(), 5);
+    assert!(matches!(behind.poll(), Err(LogError::TruncatedPast { next: 5, oldest: 6 })));
+    // A new claimer after truncation still fences after the head.
+    let d = LogWriter::claim(store.clone(), "host-d").expect("claim D");
+    assert_eq!((d.epoch(), d.next_seq(), d.last_full()), (4, 9, Some(6)));
+    assert_fenced(c.commit(&ckpt(&mut model.clone(), &[ssd(6, 6)], false)), 8, 3, 4, "host-d");
+}
+
+#[test]
+fn fencing_on_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fencing_suite(Arc::new(DirStore::open(dir.path()).expect("open")));
+}
+
+#[test]
+fn fencing_in_memory() {
+    fencing_suite(Arc::new(MemStore::new()));
+}
+
+#[test]
+fn fencing_on_s3_server() {
+    let Some(server) = S3Server::start_or_skip("fencing_on_s3_server") else { return };
+    let store = vmtier_repl::open_store(&server.config("vm-0/ha")).expect("open");
+    fencing_suite(store);
+}
+
+/// A primary commits as fast as it can while three others claim the log at the same moment:
+/// epochs are distinct, the old primary ends fenced, and the log replays cleanly.
+fn claim_race(store: Arc<dyn SharedStore>) {
+    let mut model = Model::new();
+    let mut old = LogWriter::claim(store.clone(), "old").expect("claim");
+    old.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("full");
+    let barrier = Arc::new(Barrier::new(4));
+    let claimers: Vec<_> = (0..3)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                LogWriter::claim(store, &format!("new-{i}")).map(|w| w.epoch())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let mut committed = 0;
+    let fenced = loop {
+        match old.commit(&ckpt(&mut model.clone(), &[ssd(2, committed)], false)) {
+            Ok(_) => committed += 1,
+            Err(e @ LogError::Fenced { .. }) => break e,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(committed < 10_000, "never fenced");
+    };
+    let results: Vec<_> = claimers.into_iter().map(|h| h.join().expect("thread")).collect();
+    let mut epochs: Vec<u64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(epochs.len(), ok, "distinct epochs: {results:?}");
+    for r in &results {
+        // A claimer may lose to a newer one that fenced before it: then it is told so.
+        assert!(matches!(r, Ok(_) | Err(LogError::Fenced { .. })), "{r:?}");
+    }
+    assert!(ok >= 1, "{results:?}");
+    eprintln!("{}: old primary committed {committed} before {fenced}", store.describe());
+    // Replay: checks contiguity, epoch order and fences.
+    let mut reader = LogReader::open(store.clone()).expect("reader");
+    let all = poll_to(&mut reader, head(&store));
+    assert!(all.iter().any(|r| matches!(r, Record::Fence(_))));
+}
+
+#[test]
+fn claim_race_on_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    claim_race(Arc::new(DirStore::open(dir.path()).expect("open")));
+}
+
+#[test]
+fn claim_race_on_s3_server() {
+    let Some(server) = S3Server::start_or_skip("claim_race_on_s3_server") else { return };
+    claim_race(vmtier_repl::open_store(&server.config("race")).expect("open"));
+}
+
+fn corrupt(store: &Arc<dyn SharedStore>, seq: u64, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let key = log_key(seq);
+    let good = store.get(&key).expect("get").expect("record");
+    let mut bad = good.clone();
+    f(&mut bad);
+    store.put(&key, &bad).expect("put damaged");
+    good
+}
+
+fn expect_corrupt(reader: &mut LogReader, seq: u64, check: impl FnOnce(&RecordError)) {
+    match reader.poll() {
+        Err(LogError::Corrupt { key, source, .. }) => {
+            assert_eq!(key, log_key(seq));
+            check(&source);
+        }
+        other => panic!("expected Corrupt at {seq}, got {other:?}"),
+    }
+}
+
+/// Readers never return a damaged or partial record: each is an error naming the key, the reader
+/// stays before it, and continues once it is repaired.
+fn damaged_records(store: Arc<dyn SharedStore>) {
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), "a").expect("claim");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("1");
+    w.commit(&ckpt(&mut model, &[ssd(2, 2)], false)).expect("2");
+    w.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("3");
+    let mut reader = LogReader::open_at(store.clone(), 1);
+    assert_eq!(poll_to(&mut reader, 3).len(), 3);
+    w.commit(&ckpt(&mut model, &[ssd(4, 4)], false)).expect("4");
+    w.commit(&ckpt(&mut model, &[ssd(5, 5)], false)).expect("5");
+
+    let good = corrupt(&store, 4, |b| b.truncate(b.len() - 3));
+    expect_corrupt(&mut reader, 4, |e| assert!(matches!(e, RecordError::Truncated { .. }), "{e}"));
+    expect_corrupt(&mut reader, 4, |_| {}); // still there
+    corrupt(&store, 4, |b| *b = good[..20].to_vec());
+    expect_corrupt(&mut reader, 4, |e| assert!(matches!(e, RecordError::Truncated { need: 32, have: 20 }), "{e}"));
+    corrupt(&store, 4, |b| *b = good.iter().copied().chain([0]).collect());
+    expect_corrupt(&mut reader, 4, |e| assert!(matches!(e, RecordError::TrailingBytes { extra: 1 }), "{e}"));
+    corrupt(&store, 4, |b| *b = good.clone());
+    for bit in [0usize, 9 * 8 + 1, 20 * 8, 29 * 8, 40 * 8 + 3, (good.len() - 1) * 8 + 7] {
+        corrupt(&store, 4, |b| {
+            *b = good.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+        });
+        match reader.poll() {
+            Err(LogError::Corrupt { key, .. }) => assert_eq!(key, log_key(4)),
+            other => panic!("bit {bit}: expected Corrupt, got {other:?}"),
+        }
+    }
+    // Empty and foreign content.
+    corrupt(&store, 4, |b| b.clear());
+    expect_corrupt(&mut reader, 4, |e| assert!(matches!(e, RecordError::Truncated { have: 0, .. }), "{e}"));
+    corrupt(&store, 4, |b| *b = b"{\"not\": \"a record\"}                     ".to_vec());
+    expect_corrupt(&mut reader, 4, |e| assert!(matches!(e, RecordError::BadMagic { .. }), "{e}"));
+    // A record copied to the wrong position.
+    let three = store.get(&log_key(3)).expect("get").expect("3");
+    corrupt(&store, 4, |b| *b = three.clone());
+    assert!(matches!(reader.poll(), Err(LogError::WrongSeq { found: 3, .. })));
+    // The error message names key and store.
+    corrupt(&store, 4, |b| b.truncate(40));
+    let msg = reader.poll().expect_err("corrupt").to_string();
+    assert!(msg.contains(&log_key(4)) && msg.contains(&store.describe()), "{msg}");
+    // Repaired: the reader goes on.
+    corrupt(&store, 4, |b| *b = good.clone());
+    let got: Vec<u64> = poll_to(&mut reader, 5).iter().map(Record::seq).collect();
+    assert_eq!(got, [4, 5]);
+
+    // A hole: record 6 missing while 7 exists.
+    w.commit(&ckpt(&mut model, &[ssd(6, 6)], false)).expect("6");
+    w.commit(&ckpt(&mut model, &[ssd(7, 7)], false)).expect("7");
+    let six = store.get(&log_key(6)).expect("get").expect("6");
+    store.delete(&log_key(6)).expect("delete");
+    match reader.poll() {
+        Err(LogError::Gap { key, later }) => assert_eq!((key, later), (log_key(6), log_key(7))),
+        other => panic!("expected Gap, got {other:?}"),
+    }
+    store.put(&log_key(6), &six).expect("restore");
+    // The damaged-record errors of `LogReader::open` name the key too.
+    let seven = corrupt(&store, 7, |b| b[50] ^= 4);
+    match LogReader::open(store.clone()) {
+        Err(LogError::Corrupt { key, .. }) => assert_eq!(key, log_key(7)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // So does a claim, which reads the head.
+    assert!(matches!(LogWriter::claim(store.clone(), "b"), Err(LogError::Corrupt { .. })));
+    corrupt(&store, 7, |b| *b = seven);
+    check_replica(&store, &model);
+}
+
+#[test]
+fn damaged_records_on_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DirStore::open(dir.path()).expect("open"));
+    damaged_records(store.clone());
+
+    // A writer that died before publishing leaves only a temporary file: invisible, no error.
+    let root = dir.path();
+    let mut reader = LogReader::open_at(store.clone(), 8);
+    let w = LogWriter::claim(store.clone(), "b").expect("claim");
+    let fence_seq = w.next_seq() - 1;
+    assert_eq!(
+        reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(),
+        (8..=fence_seq).collect::<Vec<_>>()
+    );
+    let mut half = record::encode(&Record::Fence(Fence { seq: fence_seq + 1, epoch: 9, ..Fence::default() }));
+    half.truncate(half.len() / 2);
+    std::fs::write(root.join("log/.tmp-00000000deadbeef"), &half).expect("write temp");
+    // Unrelated files in the log directory are ignored as well.
+    std::fs::write(root.join("log/README"), b"not a record").expect("write");
+    std::fs::write(root.join("log/00000000000000000042.rec.bak"), b"x").expect("write");
+    assert!(reader.poll().expect("poll").is_empty());
+    assert_eq!(store.list("log/").expect("list").len() as u64, fence_seq + 2, "records, README, .bak; no temp file");
+}
+
+#[test]
+fn damaged_records_in_memory() {
+    damaged_records(Arc::new(MemStore::new()));
+}
+
+#[test]
+fn damaged_records_on_s3_server() {
+    let Some(server) = S3Server::start_or_skip("damaged_records_on_s3_server") else { return };
+    damaged_records(vmtier_repl::open_store(&server.config("damaged")).expect("open"));
+}
+
+/// Truncation frees old positions (fences included); a stale primary that wakes up afterwards
+/// and finds its next position free is still refused.
+fn stale_writer_after_truncation(store: Arc<dyn SharedStore>) {
+    let mut model = Model::new();
+    // A never committed; B fenced at 1, committed, truncated the fence away.
+    let mut a = LogWriter::claim(store.clone(), "a").expect("claim A");
+    let mut b = LogWriter::claim(store.clone(), "b").expect("claim B");
+    assert_eq!(b.next_seq(), 2);
+    b.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("2");
+    assert_eq!(b.truncate_before(2).expect("truncate"), 1);
+    assert_fenced(a.commit(&ckpt(&mut Model::new(), &[], true)), 1, 1, 2, "b");
+    assert_fenced(a.commit(&ckpt(&mut Model::new(), &[], true)), 1, 1, 2, "b");
+    // B committed further; C takes over and truncates B's fence and records away.
+    b.commit(&ckpt(&mut model, &[ssd(2, 2)], false)).expect("3");
+    let mut c = LogWriter::claim(store.clone(), "c").expect("claim C");
+    c.commit(&ckpt(&mut model, &[ssd(3, 3)], true)).expect("5");
+    c.truncate_before(5).expect("truncate");
+    assert_fenced(b.commit(&ckpt(&mut model.clone(), &[ssd(9, 9)], false)), 4, 2, 3, "c");
+    assert_fenced(b.heartbeat(3), 4, 2, 3, "c");
+    // The stray records the stale writers left below the truncation point are never read, and
+    // the next truncation removes them.
+    check_replica(&store, &model);
+    c.commit(&ckpt(&mut model, &[ssd(4, 4)], true)).expect("6");
+    c.truncate_before(6).expect("truncate");
+    assert_eq!(store.list("log/").expect("list"), [log_key(6)]);
+}
+
+#[test]
+fn stale_writer_after_truncation_on_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    stale_writer_after_truncation(Arc::new(DirStore::open(dir.path()).expect("open")));
+}
+
+#[test]
+fn stale_writer_after_truncation_on_s3_server() {
+    let Some(server) = S3Server::start_or_skip("stale_writer_after_truncation_on_s3_server") else { return };
+    stale_writer_after_truncation(vmtier_repl::open_store(&server.config("trunc")).expect("open"));
+}
+
+fn put_record(store: &MemStore, r: Record) {
+    assert_eq!(store.put_exclusive(&log_key(r.seq()), &record::encode(&r)).expect("put"), Created::Yes);
+}
+
+fn ck(seq: u64, epoch: u64) -> Record {
+    Record::Checkpoint(Checkpoint { seq, epoch, full: true, ..Checkpoint::default() })
+}
+
+fn fence(seq: u64, epoch: u64) -> Record {
+    Record::Fence(Fence { seq, epoch, holder: "x".into(), ..Fence::default() })
+}
+
+#[test]
+fn ordering_is_validated() {
+    // Epochs never go back.
+    let s = Arc::new(MemStore::new());
+    for r in [ck(1, 2), ck(2, 1)] {
+        put_record(&s, r);
+    }
+    let mut reader = LogReader::open_at(s.clone(), 1);
+    // The good record before the bad one is returned; the error comes next, and stays.
+    assert_eq!(reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(), [1]);
+    for _ in 0..2 {
+        match reader.poll() {
+            Err(LogError::EpochWentBack { key, epoch: 1, previous: 2 }) => assert_eq!(key, log_key(2)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(reader.next_seq(), 2);
+
+    // A checkpoint after a fence must be of the fence's epoch or newer.
+    let s = Arc::new(MemStore::new());
+    for r in [ck(1, 1), fence(2, 3), ck(3, 2)] {
+        put_record(&s, r);
+    }
+    let mut reader = LogReader::open_at(s.clone(), 1);
+    assert_eq!(reader.poll().expect("poll").len(), 2);
+    assert!(matches!(reader.poll(), Err(LogError::EpochWentBack { epoch: 2, previous: 3, .. })));
+
+    // A fence must raise the epoch.
+    let s = Arc::new(MemStore::new());
+    for r in [ck(1, 2), fence(2, 2)] {
+        put_record(&s, r);
+    }
+    let mut reader = LogReader::open_at(s.clone(), 1);
+    assert_eq!(reader.poll().expect("poll").len(), 1);
+    assert!(matches!(reader.poll(), Err(LogError::FenceNotNewer { epoch: 2, previous: 2, .. })));
+
+    // Contiguity: the reader stops at the first missing record.
+    let s = Arc::new(MemStore::new());
+    for r in [ck(1, 1), ck(2, 1)] {
+        put_record(&s, r);
+    }
+    let mut reader = LogReader::open_at(s.clone(), 1);
+    assert_eq!(reader.poll().expect("poll").len(), 2);
+    assert!(reader.poll().expect("poll").is_empty());
+    put_record(&s, ck(3, 1));
+    assert_eq!(reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(), [3]);
+
+    // `open` starts at the newest full checkpoint.
+    let s = Arc::new(MemStore::new());
+    for r in [ck(1, 1), ck(2, 1), fence(3, 2)] {
+        put_record(&s, r);
+    }
+    let delta = Record::Checkpoint(Checkpoint { seq: 4, epoch: 2, ..Checkpoint::default() });
+    put_record(&s, delta);
+    let mut reader = LogReader::open(s.clone()).expect("open");
+    assert_eq!(reader.next_seq(), 2);
+    assert_eq!(reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(), [2, 3, 4]);
+}
+
+#[test]
+fn commit_fills_and_checks_seq_and_epoch() {
+    let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+    let mut w = LogWriter::claim(store.clone(), "a").expect("claim");
+    let mut c = ckpt(&mut Model::new(), &[], true);
+    c.seq = 5;
+    assert!(matches!(w.commit(&c), Err(LogError::SeqMismatch { expected: 1, found: 5 })));
+    c.seq = 1;
+    c.epoch = 7;
+    assert!(matches!(w.commit(&c), Err(LogError::EpochMismatch { expected: 1, found: 7 })));
+    c.epoch = 1;
+    assert_eq!(w.commit(&c).expect("explicit seq and epoch"), 1);
+    c.seq = 0;
+    c.epoch = 0;
+    assert_eq!(w.commit(&c).expect("filled in"), 2);
+    let rec = record::decode(&store.get(&log_key(2)).expect("get").expect("2")).expect("decode");
+    assert_eq!((rec.seq(), rec.epoch()), (2, 1));
+    assert!(!w.is_fenced(), "errors other than a taken position do not fence");
+}
+
+/// On a store with a settle time the newest record is held back until stable.
+#[test]
+fn newest_record_is_held_back_on_settling_stores() {
+    let settle = Duration::from_millis(150);
+    let store: Arc<dyn SharedStore> = Arc::new(MemStore::with_settle(settle));
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), "a").expect("claim");
+    let mut reader = LogReader::open(store.clone()).expect("reader");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("1");
+    assert!(reader.poll().expect("poll").is_empty(), "held");
+    std::thread::sleep(settle);
+    assert_eq!(reader.poll().expect("poll").len(), 1, "stable now");
+    w.commit(&ckpt(&mut model, &[ssd(2, 2)], false)).expect("2");
+    w.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("3");
+    assert_eq!(reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(), [2], "3 is held");
+    // Record 3 replaced while held (a racing writer on a non-atomic server): the clock restarts.
+    std::thread::sleep(settle / 2);
+    let replaced = record::encode(&Record::Checkpoint(Checkpoint { seq: 3, epoch: 1, ..Checkpoint::default() }));
+    store.put(&log_key(3), &replaced).expect("replace");
+    std::thread::sleep(settle / 2 + Duration::from_millis(10));
+    assert!(reader.poll().expect("poll").is_empty(), "changed: held again");
+    std::thread::sleep(settle);
+    let got = reader.poll().expect("poll");
+    assert_eq!(got, [record::decode(&replaced).expect("decode")], "the final value");
+}
+
+#[test]
+fn lease_watch_sees_the_heartbeat_stop() {
+    let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+    let mut watch = LeaseWatch::new(Duration::from_millis(100));
+    assert_eq!(watch.poll(&*store).expect("poll"), LeaseStatus::Alive, "watch just started");
+    let w = LogWriter::claim(store.clone(), "a").expect("claim");
+    for i in 0..5 {
+        w.heartbeat(i).expect("beat");
+        assert_eq!(watch.poll(&*store).expect("poll"), LeaseStatus::Alive);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    assert_eq!(watch.last().map(|h| h.counter), Some(5));
+    std::thread::sleep(Duration::from_millis(110));
+    assert!(matches!(watch.poll(&*store).expect("poll"), LeaseStatus::Expired { .. }));
+    // A damaged heartbeat is an error naming the key; the writer overwrites it.
+    store.put(HEARTBEAT_KEY, b"garbage").expect("put");
+    match watch.poll(&*store) {
+        Err(LogError::Corrupt { key, .. }) => assert_eq!(key, HEARTBEAT_KEY),
+        other => panic!("{other:?}"),
+    }
+    w.heartbeat(9).expect("beat over garbage");
+    assert_eq!(read_heartbeat(&*store).expect("read").map(|h| h.last_committed), Some(9));
+    // A heartbeat of a newer epoch fences the writer's heartbeat.
+    let newer = Heartbeat { epoch: 5, holder: "z".into(), ..Heartbeat::default() };
+    store.put(HEARTBEAT_KEY, &record::encode_heartbeat(&newer)).expect("put");
+    assert_fenced(w.heartbeat(10), w.next_seq(), 1, 5, "z");
+    assert!(store.get(&epoch_key(1)).expect("get").is_some());
+}
+
+/// A store whose operations fail at random, before or after taking effect.
+#[derive(Debug)]
+struct FaultyStore {
+    inner: MemStore,
+    state: AtomicU64,
+    fail_per_mille: u64,
+    faults: AtomicU64,
+}
+
+impl FaultyStore {
+    fn new(seed: u64, fail_per_mille: u64) -> Self {
+        Self { inner: MemStore::new(), state: AtomicU64::new(seed | 1), fail_per_mille, faults: AtomicU64::new(0) }
+    }
+
+    fn roll(&self) -> u64 {
+        // xorshift64*
+        let mut x = self.state.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) % 1000
+    }
+
+    /// `Some(after)` if this call fails; `after`: the operation takes effect first.
+    fn fault(&self) -> Option<bool> {
+        let r = self.roll();
+        (r < self.fail_per_mille).then(|| {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+            r.is_multiple_of(2)
+        })
+    }
+
+    fn err(&self, key: &str) -> StoreError {
+        let source = BackendError::Io(std::io::Error::other("injected fault"));
+        StoreError::Put { store: self.describe(), key: key.to_string(), source }
+    }
+}
+
+impl SharedStore for FaultyStore {
+    fn put_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Created, StoreError> {
+        match self.fault() {
+            None => self.inner.put_exclusive(key, bytes),
+            Some(true) => self.inner.put_exclusive(key, bytes).and(Err(self.err(key))),
+            Some(false) => Err(self.err(key)),
+        }
+    }
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        match self.fault() {
+            None => self.inner.put(key, bytes),
+            Some(true) => self.inner.put(key, bytes).and(Err(self.err(key))),
+            Some(false) => Err(self.err(key)),
+        }
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.fault().is_some() { Err(self.err(key)) } else { self.inner.get(key) }
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        if self.fault().is_some() { Err(self.err(prefix)) } else { self.inner.list(prefix) }
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.fault() {
+            None => self.inner.delete(key),
+            Some(true) => self.inner.delete(key).and(Err(self.err(key))),
+            Some(false) => Err(self.err(key)),
+        }
+    }
+    fn describe(&self) -> String {
+        "faulty in-memory store".into()
+    }
+}
+
+fn vmtier_repl_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// Retries `f` while it fails with a store error (at most 1000 times).
+fn retry<T>(mut f: impl FnMut() -> Result<T, LogError>) -> Result<T, LogError> {
+    let mut last = None;
+    for _ in 0..1000 {
+        match f() {
+            Err(e @ LogError::Store { .. }) => last = Some(e),
+            r => return r,
+        }
+    }
+    panic!("still failing after 1000 attempts: {:?}", last.map(|e| vmtier_repl_error_chain(&e)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Store faults (before or after the operation took effect) never corrupt the log: primaries
+    /// hand over at random, every commit that returned Ok is in the log, a fenced writer never
+    /// commits, and a reader replays exactly the map of the successful commits.
+    #[test]
+    fn faults_never_break_the_log(seed in any::<u64>(), steps in proptest::collection::vec((0u8..10, 0u32..32, any::<u32>()), 1..60)) {
+        // 5% of operations fail (a claim makes ~10-30 of them).
+        let faulty = Arc::new(FaultyStore::new(seed, 50));
+        let store: Arc<dyn SharedStore> = faulty.clone();
+        let mut model = Model::new();
+        let mut writers = 0;
+        let mut w = retry(|| LogWriter::claim(store.clone(), "w0")).expect("first claim");
+        let mut stale: Vec<LogWriter> = Vec::new();
+        retry(|| w.commit(&ckpt(&mut model.clone(), &[], true))).expect("first full");
+        for (op, page, x) in steps {
+            match op {
+                0 => {
+                    writers += 1;
+                    let new = retry(|| LogWriter::claim(store.clone(), &format!("w{writers}"))).expect("claim");
+                    stale.push(std::mem::replace(&mut w, new));
+                }
+                1 => {
+                    let before = model.clone();
+                    let c = ckpt(&mut model, &[], true);
+                    prop_assert!(retry(|| w.commit(&c)).is_ok());
+                    prop_assert_eq!(before, model.clone());
+                }
+                2 => {
+                    if let Some(full) = w.last_full() {
+                        let _ = retry(|| w.truncate_before(full));
+                    }
+                }
+                3 => { let _ = retry(|| w.heartbeat(w.next_seq() - 1)); }
+                _ => {
+                    let loc = if x % 5 == 0 { Location::Zero } else { Location::Ssd { store: 1, slot: x } };
+                    let c = ckpt(&mut model, &[(page, loc, if loc == Location::Zero { 0 } else { x })], false);
+                    prop_assert!(retry(|| w.commit(&c)).is_ok());
+                }
+            }
+            // Every stale writer stays fenced.
+            for s in &mut stale {
+                let r = retry(|| s.commit(&ckpt(&mut model.clone(), &[(999, Location::Ssd { store: 1, slot: 1 }, 1)], false)));
+                prop_assert!(matches!(r, Err(LogError::Fenced { .. })), "{:?}", r);
+            }
+        }
+        // Replay without faults.
+        let clean: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+        for k in faulty.inner.list("").expect("list") {
+            clean.put(&k, &faulty.inner.get(&k).expect("get").expect("value")).expect("copy");
+        }
+        check_replica(&clean, &model);
+    }
+}
+
+#[test]
+fn verified_exclusive_writes_are_the_default_for_s3() {
+    assert_eq!(ExclusiveWrites::default(), ExclusiveWrites::Verified { settle_ms: ExclusiveWrites::DEFAULT_SETTLE_MS });
+}
