@@ -7,6 +7,7 @@ mod bench_prefetch;
 mod bench_sampling;
 mod bench_tiering;
 mod bench_vm;
+mod ha;
 mod job;
 mod run_config;
 mod serve;
@@ -62,6 +63,36 @@ enum Command {
     Trace {
         #[command(subcommand)]
         trace: trace_cmd::TraceCommand,
+    },
+    /// Run the micro-VM guest as a replicated primary: a checkpoint to shared storage every
+    /// `replication.interval_ms` (see docs/replication.md).
+    Primary {
+        /// The configuration file (as for `vmtier run`, with a `[replication]` section).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a primary's log, keep its hot pages warm, take over when its lease expires.
+    Secondary(ha::secondary::Args),
+    /// Ask the secondary to take over now (fencing the primary).
+    Failover {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long to wait for the secondary to take over, seconds.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
+    /// Lease, checkpoint lag and warm-set coverage of a replicated VM.
+    Status {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The baseline child of `bench tiering` (internal).
     #[command(name = "__baseline-child", hide = true)]
@@ -179,6 +210,21 @@ impl JobOpts {
     }
 }
 
+/// A config for the replicated commands: the micro-VM guest is the only one that can resume
+/// elsewhere (its whole state is guest memory and the vCPU).
+fn load_vm_config(path: &std::path::Path) -> anyhow::Result<RunConfig> {
+    let mut cfg = RunConfig::load(path)?;
+    anyhow::ensure!(
+        cfg.workload.guest != GuestChoice::InProcess,
+        "config file {}: replication needs the micro-VM guest (`workload.guest` = \"vm\" or \"auto\"): \
+         an in-process guest's state is not all in guest memory, so it cannot resume on another host",
+        path.display()
+    );
+    cfg.workload.guest = GuestChoice::Vm;
+    cfg.finish().map_err(|e| e.context(format!("config file {}", path.display())))?;
+    Ok(cfg)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VMTIER_LOG").unwrap_or_else(|_| "warn".into()))
@@ -256,6 +302,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Trace { trace } => {
             trace_cmd::run(&trace)?;
+            true
+        }
+        Command::Primary { config, json } => ha::primary::run(&load_vm_config(&config)?, json)?,
+        Command::Secondary(args) => ha::secondary::run(&load_vm_config(&args.config)?, &args)?,
+        Command::Failover { config, wait_secs } => {
+            ha::control::failover(&RunConfig::load(&config)?, std::time::Duration::from_secs(wait_secs))?;
+            true
+        }
+        Command::Status { config, json } => {
+            ha::control::status(&RunConfig::load(&config)?, json)?;
             true
         }
         Command::BaselineChild(args) => baseline::child::run(&args)?,

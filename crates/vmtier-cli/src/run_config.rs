@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub workload: WorkloadSection,
     /// Prometheus metrics endpoint.
     pub metrics: MetricsSection,
+    /// Replication (`vmtier primary`, `secondary`, `failover`, `status`).
+    pub replication: ReplicationSection,
     #[serde(skip)]
     tier2_set: bool,
     #[serde(skip)]
@@ -51,9 +53,108 @@ impl Default for RunConfig {
             engine: EngineConfig::default(),
             workload: WorkloadSection::default(),
             metrics: MetricsSection::default(),
+            replication: ReplicationSection::default(),
             tier2_set: false,
             tier3_set: false,
         }
+    }
+}
+
+/// `[replication]`: checkpoints through shared storage and failover (`docs/replication.md`).
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// Where the log and lease live: a directory both hosts mount, or `s3://bucket/prefix`.
+    /// Default: `<data_dir>/shared`.
+    pub shared: Option<String>,
+    /// S3 endpoint of `shared`, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// S3 region of `shared`.
+    pub region: Option<String>,
+    /// S3 access key id of `shared`.
+    pub access_key_id: Option<String>,
+    /// S3 secret access key of `shared`. Never printed.
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint.
+    pub allow_http: bool,
+    /// Time between checkpoints, ms (25–100 is the intended range).
+    pub interval_ms: u64,
+    /// Time between the primary's heartbeats, ms.
+    pub heartbeat_ms: u64,
+    /// The secondary fails over when the heartbeat has not changed for this long, ms.
+    pub lease_timeout_ms: u64,
+    /// How often the secondary reads the log, ms.
+    pub poll_ms: u64,
+    /// Every this many checkpoints carry the primary's full hot list.
+    pub heat_every: u32,
+    /// The secondary's DRAM budget for warm pages. Default: the engine's `dram`.
+    pub secondary_dram: Option<ByteSize>,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        Self {
+            shared: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            interval_ms: 100,
+            heartbeat_ms: 100,
+            lease_timeout_ms: 1000,
+            poll_ms: 20,
+            heat_every: 10,
+            secondary_dram: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ReplicationSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationSection")
+            .field("shared", &self.shared)
+            .field("endpoint", &self.endpoint)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("interval_ms", &self.interval_ms)
+            .field("lease_timeout_ms", &self.lease_timeout_ms)
+            .field("secondary_dram", &self.secondary_dram)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationSection {
+    fn validate(&self, engine: &EngineConfig) -> anyhow::Result<()> {
+        let ms = |key: &str, v: u64, lo: u64, hi: u64| {
+            if !(lo..=hi).contains(&v) {
+                bail!("invalid `replication.{key}` = {v}: {lo} to {hi} ms");
+            }
+            Ok(())
+        };
+        ms("interval_ms", self.interval_ms, 5, 60_000)?;
+        ms("heartbeat_ms", self.heartbeat_ms, 5, 60_000)?;
+        ms("poll_ms", self.poll_ms, 1, 60_000)?;
+        ms("lease_timeout_ms", self.lease_timeout_ms, 10, 600_000)?;
+        if self.lease_timeout_ms < 3 * self.heartbeat_ms {
+            bail!(
+                "invalid `replication.lease_timeout_ms` = {}: at least 3 heartbeats ({} ms), or a slow \
+                 heartbeat looks like a dead primary",
+                self.lease_timeout_ms,
+                3 * self.heartbeat_ms
+            );
+        }
+        if self.heat_every == 0 {
+            bail!("invalid `replication.heat_every` = 0: 1 or more checkpoints");
+        }
+        if let Some(d) = self.secondary_dram
+            && (d.0 > engine.memory.0 || d.0 % vmtier_engine::PAGE_SIZE as u64 != 0)
+        {
+            bail!(
+                "invalid `replication.secondary_dram` = {d}: a multiple of 4KiB no larger than `engine.memory` ({})",
+                engine.memory
+            );
+        }
+        Ok(())
     }
 }
 
@@ -246,6 +347,7 @@ impl RunConfig {
             self.engine.tier3.url = self.data_dir.join("tier3").to_string_lossy().into_owned();
         }
         self.engine.validate("engine.")?;
+        self.replication.validate(&self.engine)?;
         match self.workload.guest {
             GuestChoice::InProcess => {
                 self.workload.to_config()?;
