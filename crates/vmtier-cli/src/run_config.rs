@@ -430,6 +430,25 @@ mod tests {
     }
 
     #[test]
+    fn replication_settings_are_checked() {
+        let ok = RunConfig::parse("[replication]\ninterval_ms = 25\nsecondary_dram = \"64MiB\"").unwrap();
+        assert_eq!(ok.replication.interval_ms, 25);
+        let e = format!("{:#}", RunConfig::parse("[replication]\ninterval_ms = 0").unwrap_err());
+        assert!(e.contains("replication.interval_ms") && e.contains("5 to 60000"), "{e}");
+        let e = format!(
+            "{:#}",
+            RunConfig::parse("[replication]\nheartbeat_ms = 500\nlease_timeout_ms = 600").unwrap_err()
+        );
+        assert!(e.contains("lease_timeout_ms") && e.contains("3 heartbeats"), "{e}");
+        let e = format!("{:#}", RunConfig::parse("[replication]\nsecondary_dram = \"2GiB\"").unwrap_err());
+        assert!(e.contains("secondary_dram") && e.contains("engine.memory"), "{e}");
+        let e = format!("{:#}", RunConfig::parse("[replication]\nintervall_ms = 5").unwrap_err());
+        assert!(e.contains("intervall_ms"), "{e}");
+        let secret = RunConfig::parse("[replication]\nsecret_access_key = \"hunter2\"").unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn explicit_tier_locations_are_kept() {
         let cfg = RunConfig::parse("[engine.tier3]\nurl = \"s3://bucket/vm1\"").unwrap();
         assert_eq!(cfg.engine.tier3.url, "s3://bucket/vm1");
