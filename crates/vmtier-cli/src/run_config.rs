@@ -435,10 +435,8 @@ mod tests {
         assert_eq!(ok.replication.interval_ms, 25);
         let e = format!("{:#}", RunConfig::parse("[replication]\ninterval_ms = 0").unwrap_err());
         assert!(e.contains("replication.interval_ms") && e.contains("5 to 60000"), "{e}");
-        let e = format!(
-            "{:#}",
-            RunConfig::parse("[replication]\nheartbeat_ms = 500\nlease_timeout_ms = 600").unwrap_err()
-        );
+        let e =
+            format!("{:#}", RunConfig::parse("[replication]\nheartbeat_ms = 500\nlease_timeout_ms = 600").unwrap_err());
         assert!(e.contains("lease_timeout_ms") && e.contains("3 heartbeats"), "{e}");
         let e = format!("{:#}", RunConfig::parse("[replication]\nsecondary_dram = \"2GiB\"").unwrap_err());
         assert!(e.contains("secondary_dram") && e.contains("engine.memory"), "{e}");
