@@ -124,6 +124,22 @@ impl std::fmt::Debug for Tier3Config {
     }
 }
 
+impl Tier3Config {
+    /// The storage layer's configuration of this tier.
+    pub fn object_config(&self) -> vmtier_storage::object::ObjectConfig {
+        vmtier_storage::object::ObjectConfig {
+            url: self.url.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            allow_http: self.allow_http,
+            segment_bytes: self.segment_bytes.0 as usize,
+            compact_dead_fraction: self.compact_dead_fraction,
+        }
+    }
+}
+
 impl Default for Tier3Config {
     fn default() -> Self {
         Self {

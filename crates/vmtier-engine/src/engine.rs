@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
-use vmtier_storage::object::{ObjectConfig, ObjectTier};
+use vmtier_storage::object::ObjectTier;
 use vmtier_storage::ssd::{SsdConfig, SsdStore};
 use vmtier_uffd::uffd::{feature, mode};
 use vmtier_uffd::{AlignedBuf, Memfd, PAGE_SIZE, SharedMapping, Uffd};
@@ -208,17 +208,7 @@ impl Engine {
         ssd_cfg.direct_io = cfg.tier2.direct_io;
         let ssd = SsdStore::open(ssd_cfg).map_err(EngineError::OpenTier2)?;
         let t3 = &cfg.tier3;
-        let obj_cfg = ObjectConfig {
-            url: t3.url.clone(),
-            endpoint: t3.endpoint.clone(),
-            region: t3.region.clone(),
-            access_key_id: t3.access_key_id.clone(),
-            secret_access_key: t3.secret_access_key.clone(),
-            allow_http: t3.allow_http,
-            segment_bytes: t3.segment_bytes.0 as usize,
-            compact_dead_fraction: t3.compact_dead_fraction,
-        };
-        let object = ObjectTier::open(obj_cfg).map_err(EngineError::OpenTier3)?;
+        let object = ObjectTier::open(t3.object_config()).map_err(EngineError::OpenTier3)?;
         let half_life_ticks = (cfg.tracker.half_life_ms / cfg.mtm.tick_ms).max(1) as u32;
         let tracker = Tracker::new(cfg.tracker.gain, half_life_ticks, cfg.tracker.history);
         let mut pager = Pager::new(

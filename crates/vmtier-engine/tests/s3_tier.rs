@@ -10,18 +10,16 @@ mod common;
 use vmtier_engine::page_table::POISONED;
 use vmtier_engine::{Engine, Tier};
 
-use common::{
-    S3Server, check_page, config, flip_byte, page_bytes, read_host, s3s_fs_or_skip, tier3_location, write_page,
-};
+use common::s3::S3Server;
+use common::{check_page, config, configure_tier3, flip_byte, page_bytes, read_host, tier3_location, write_page};
 
 #[test]
 fn tier3_on_s3_server() {
-    let Some(bin) = s3s_fs_or_skip("tier3_on_s3_server") else {
+    let Some(server) = S3Server::start_or_skip("tier3_on_s3_server") else {
         return;
     };
-    let server = S3Server::start(&bin);
     let (mut cfg, _dir) = config(128, 64);
-    server.configure(&mut cfg, "vm-0/tier3");
+    configure_tier3(&mut cfg, &server, "vm-0/tier3");
     let engine = Engine::start(cfg).expect("start engine on S3");
     let mem = engine.guest_words();
     for p in 0..16 {

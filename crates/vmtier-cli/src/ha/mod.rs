@@ -67,17 +67,9 @@ impl Layout {
 
     /// Tier-3 configuration of the primary of `epoch`.
     pub fn tier3(&self, epoch: u64) -> ObjectConfig {
-        let t3 = &self.engine.tier3;
-        ObjectConfig {
-            url: format!("{}/e{epoch:06}", t3.url.trim_end_matches('/')),
-            endpoint: t3.endpoint.clone(),
-            region: t3.region.clone(),
-            access_key_id: t3.access_key_id.clone(),
-            secret_access_key: t3.secret_access_key.clone(),
-            allow_http: t3.allow_http,
-            segment_bytes: t3.segment_bytes.0 as usize,
-            compact_dead_fraction: t3.compact_dead_fraction,
-        }
+        let mut cfg = self.engine.tier3.object_config();
+        cfg.url = format!("{}/e{epoch:06}", cfg.url.trim_end_matches('/'));
+        cfg
     }
 
     /// The engine config of the primary of `epoch`: its own tier locations, replication on.

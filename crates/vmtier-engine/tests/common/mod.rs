@@ -5,10 +5,8 @@
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -145,99 +143,16 @@ pub fn with_deadline<T: Send + 'static>(what: &str, limit: Duration, f: impl FnO
     }
 }
 
-/// Test credentials and bucket of the `s3s-fs` server.
-pub const S3_ACCESS_KEY: &str = "vmtier-test";
-/// Secret key of the test server.
-pub const S3_SECRET_KEY: &str = "vmtier-test-secret";
-/// Bucket (a directory under the server root).
-pub const S3_BUCKET: &str = "vmtier-test";
+#[path = "../../../vmtier-storage/tests/common/s3.rs"]
+pub mod s3;
 
-/// Finds the `s3s-fs` binary: `$VMTIER_S3S_FS`, then `PATH`, then `~/.cargo/bin`.
-pub fn find_s3s_fs() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VMTIER_S3S_FS") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|c| c.join("bin"));
-    std::env::split_paths(&path).chain(home_bin).map(|d| d.join("s3s-fs")).find(|p| p.is_file())
-}
-
-/// The `s3s-fs` binary, or `None` if it is missing and `VMTIER_SKIP_S3=1` (fails otherwise,
-/// with install instructions).
-pub fn s3s_fs_or_skip(test: &str) -> Option<PathBuf> {
-    if let Some(bin) = find_s3s_fs() {
-        return Some(bin);
-    }
-    if std::env::var("VMTIER_SKIP_S3").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED {test}: s3s-fs not found and VMTIER_SKIP_S3=1");
-        return None;
-    }
-    panic!(
-        "s3s-fs not found (looked at $VMTIER_S3S_FS, PATH and ~/.cargo/bin). Install it with \
-         `scripts/s3-test-server.sh install` (cargo install s3s-fs --version 0.14.1 --features \
-         binary --locked), or set VMTIER_SKIP_S3=1 to skip this test"
-    );
-}
-
-/// An `s3s-fs` server on a free loopback port serving a temporary root, killed on drop.
-pub struct S3Server {
-    child: Child,
-    /// Port on 127.0.0.1.
-    pub port: u16,
-    root: tempfile::TempDir,
-}
-
-impl std::fmt::Debug for S3Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Server").field("port", &self.port).field("root", &self.root.path()).finish()
-    }
-}
-
-impl S3Server {
-    /// Starts the server with bucket [`S3_BUCKET`] and waits until it listens.
-    pub fn start(bin: &Path) -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(root.path().join(S3_BUCKET)).expect("create bucket directory");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let server = Self { child, port, root };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port} within 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// The directory the server stores bucket `S3_BUCKET` in (objects are files under it).
-    pub fn bucket_dir(&self) -> PathBuf {
-        self.root.path().join(S3_BUCKET)
-    }
-
-    /// Points `cfg`'s tier 3 at `s3://S3_BUCKET/<prefix>` on this server.
-    pub fn configure(&self, cfg: &mut EngineConfig, prefix: &str) {
-        cfg.tier3.url = format!("s3://{S3_BUCKET}/{prefix}");
-        cfg.tier3.endpoint = Some(format!("http://127.0.0.1:{}", self.port));
-        cfg.tier3.region = Some("us-east-1".into());
-        cfg.tier3.access_key_id = Some(S3_ACCESS_KEY.into());
-        cfg.tier3.secret_access_key = Some(S3_SECRET_KEY.into());
-        cfg.tier3.allow_http = true;
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Points `cfg`'s tier 3 at `s3://<bucket>/<prefix>` on `server`.
+pub fn configure_tier3(cfg: &mut EngineConfig, server: &s3::S3Server, prefix: &str) {
+    let o = server.config(prefix);
+    cfg.tier3.url = o.url;
+    cfg.tier3.endpoint = o.endpoint;
+    cfg.tier3.region = o.region;
+    cfg.tier3.access_key_id = o.access_key_id;
+    cfg.tier3.secret_access_key = o.secret_access_key;
+    cfg.tier3.allow_http = o.allow_http;
 }
