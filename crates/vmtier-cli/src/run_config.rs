@@ -413,6 +413,9 @@ mod tests {
         let cfg = RunConfig::parse(text).unwrap();
         assert_eq!(cfg.engine.memory.0, 1 << 30);
         assert_eq!(cfg.engine.tier2.dir, PathBuf::from("vmtier-data/tier2"));
+        let ha = RunConfig::parse(include_str!("../../../examples/ha.toml")).unwrap();
+        assert_eq!(ha.replication.secondary_dram, Some(ByteSize(48 << 20)));
+        assert_eq!(ha.workload.guest, GuestChoice::Vm);
     }
 
     #[test]
