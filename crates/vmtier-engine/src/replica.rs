@@ -219,11 +219,6 @@ impl Capture {
     pub fn metadata_only_pages(&self) -> usize {
         self.stored.len()
     }
-
-    /// The captured content of copied page `i` (in capture order), for tests.
-    pub fn copied_page(&self, i: usize) -> (u32, &[u8]) {
-        (self.copied[i].0, &self.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])
-    }
 }
 
 /// Whether a page found by capture must be copied: resident and changed since stored.

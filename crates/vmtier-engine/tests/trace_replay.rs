@@ -9,7 +9,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use vmtier_engine::PrefetcherKind;
+use vmtier_engine::{PrefetcherKind, prefetch};
 use vmtier_workload::PageTrace;
 
 /// The pages an LRU memory of `cap` pages faults on, in order.
@@ -38,22 +38,9 @@ fn lru_faults(pages: impl Iterator<Item = u64>, cap: usize) -> Vec<u64> {
     faults
 }
 
-/// Faults avoided and pages issued by `kind` on `faults`.
+/// Faults avoided and pages issued by `kind` on `faults` ([`prefetch::replay`]).
 fn replay(kind: PrefetcherKind, faults: &[u64], pages: u64) -> (usize, usize) {
-    let mut p = kind.build(pages, 64);
-    let (mut inflight, mut out) = (HashSet::new(), Vec::new());
-    let (mut avoided, mut issued) = (0, 0);
-    for &a in faults {
-        out.clear();
-        if inflight.remove(&a) {
-            avoided += 1;
-            p.on_use(a, &mut out);
-        } else {
-            p.on_fault(a, &mut out);
-        }
-        issued += out.iter().filter(|&&q| inflight.insert(q)).count();
-    }
-    (avoided, issued)
+    prefetch::replay(&mut *kind.build(pages, 64), faults)
 }
 
 #[test]

@@ -499,9 +499,9 @@ fn put_string(out: &mut Vec<u8>, s: &str, what: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Encodes a checkpoint with `seq` and `epoch` in place of its own fields (the log writer fills
-/// them in without copying the page list).
-pub(crate) fn encode_checkpoint_as(c: &Checkpoint, seq: u64, epoch: u64) -> Vec<u8> {
+/// Bytes of `c`'s record (header included) when written by the primary of `epoch` (which
+/// decides how compact its page locations are), without encoding it.
+pub fn checkpoint_len(c: &Checkpoint, epoch: u64) -> usize {
     let page_bytes: usize = c
         .pages
         .iter()
@@ -513,7 +513,13 @@ pub(crate) fn encode_checkpoint_as(c: &Checkpoint, seq: u64, epoch: u64) -> Vec<
             Location::Object { .. } => 23,
         })
         .sum();
-    let mut b = Vec::with_capacity(CHECKPOINT_FIXED + page_bytes + 7 * c.heat.len() + c.vcpu.len());
+    HEADER_LEN + CHECKPOINT_FIXED + page_bytes + HEAT_ENTRY as usize * c.heat.len() + c.vcpu.len()
+}
+
+/// Encodes a checkpoint with `seq` and `epoch` in place of its own fields (the log writer fills
+/// them in without copying the page list).
+pub(crate) fn encode_checkpoint_as(c: &Checkpoint, seq: u64, epoch: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(checkpoint_len(c, epoch) - HEADER_LEN);
     for v in [seq, epoch, c.created_unix_ms, c.guest_bytes, c.digest] {
         b.extend_from_slice(&v.to_le_bytes());
     }
@@ -782,6 +788,7 @@ mod tests {
         let bytes = encode(&Record::Checkpoint(c.clone()));
         // Locations in the writer's own store (epoch 2) are compact; an earlier epoch's carry it.
         assert_eq!(bytes.len(), HEADER_LEN + CHECKPOINT_FIXED + 9 + 13 + 15 + 21 + 23 + 2 * 7 + 3);
+        assert_eq!(checkpoint_len(&c, c.epoch), bytes.len());
         assert_eq!(&bytes[..8], b"VMTLOG01");
         assert_eq!(le16(&bytes, 8), VERSION);
         assert_eq!(le16(&bytes, 10), KIND_CHECKPOINT);

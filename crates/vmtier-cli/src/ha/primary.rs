@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use vmtier_engine::{Capture, Engine};
-use vmtier_repl::{Checkpoint, Heat, LogError, LogWriter, ReplicaMap, map_digest};
+use vmtier_repl::record::{checkpoint_len, page_digest};
+use vmtier_repl::{Checkpoint, Heat, Location, LogError, LogWriter, ReplicaMap};
 use vmtier_vm::{GuestRam, MicroVm, Start, VmError, VmOptions, run_guest_with};
 use vmtier_workload::Progress;
 
@@ -278,8 +279,9 @@ fn commit_loop(
     pauser: &vmtier_vm::Pauser,
 ) -> anyhow::Result<()> {
     let epoch = writer.epoch();
-    // crc of every page as of the last committed checkpoint (0: zeros), for the map digest.
-    let mut crcs: Vec<u32> = vec![0; (guest_bytes / vmtier_engine::PAGE_SIZE as u64) as usize];
+    // Every page's term in the map digest as of the last committed checkpoint (0: a zero page,
+    // which has none). A stored page's crc may itself be 0, so the term, not the crc, is kept.
+    let mut terms: Vec<u64> = vec![0; (guest_bytes / vmtier_engine::PAGE_SIZE as u64) as usize];
     let mut digest = 0u64;
     let mut last_committed = 0u64;
     // The first heartbeat goes out at once: a claim writes none.
@@ -302,18 +304,12 @@ fn commit_loop(
                 let delta = engine.persist(capture).map_err(|e| CommitError::Engine(vmtier_engine::chain(&e)))?;
                 let mut pages = Vec::with_capacity(delta.len());
                 let mut new_digest = digest;
-                let mut new_crcs = Vec::with_capacity(delta.len());
+                let mut new_terms = Vec::with_capacity(delta.len());
                 for d in &delta {
                     let pl = super::page_loc(d, epoch, inherited).map_err(|e| CommitError::Engine(format!("{e:#}")))?;
-                    let old = crcs[d.page as usize];
-                    let crc = if pl.loc == vmtier_repl::Location::Zero { 0 } else { pl.crc };
-                    if old != 0 {
-                        new_digest = new_digest.wrapping_sub(map_digest(std::iter::once((d.page, old))));
-                    }
-                    if crc != 0 {
-                        new_digest = new_digest.wrapping_add(map_digest(std::iter::once((d.page, crc))));
-                    }
-                    new_crcs.push((d.page, crc));
+                    let term = if pl.loc == Location::Zero { 0 } else { page_digest(d.page, pl.crc) };
+                    new_digest = new_digest.wrapping_sub(terms[d.page as usize]).wrapping_add(term);
+                    new_terms.push((d.page, term));
                     pages.push(pl);
                 }
                 let heat_full = count.is_multiple_of(cadence.heat_every);
@@ -339,11 +335,10 @@ fn commit_loop(
                     vcpu,
                 };
                 let seq = writer.commit(&ckpt)?;
-                report.lock().unwrap().log_bytes +=
-                    vmtier_repl::encode(&vmtier_repl::Record::Checkpoint(ckpt)).len() as u64;
+                report.lock().unwrap().log_bytes += checkpoint_len(&ckpt, epoch) as u64;
                 digest = new_digest;
-                for (p, c) in new_crcs {
-                    crcs[p as usize] = c;
+                for (p, t) in new_terms {
+                    terms[p as usize] = t;
                 }
                 Ok(seq)
             })();

@@ -69,18 +69,16 @@ impl Warm {
         self.memfd.punch_hole(u64::from(page) * PAGE_SIZE as u64, PAGE_SIZE as u64).context("punching a warm page")
     }
 
-    /// Brings the warm set closer to the primary's hottest pages as `map` has them: drops
-    /// copies that are stale or no longer wanted, reads up to `max_reads` missing ones.
+    /// The pages the warm set should hold: the hottest of the primary's hot list that are not
+    /// zeros, as many as the budget allows, with their current copies.
+    fn wanted(&self, map: &ReplicaMap) -> Vec<(u32, Location, u32)> {
+        map.heat().iter().filter_map(|h| map.get(h.page).map(|(l, c)| (h.page, l, c))).take(self.budget).collect()
+    }
+
+    /// Brings the warm set closer to [`wanted`](Self::wanted): drops copies that are stale or no
+    /// longer wanted, reads up to `max_reads` missing ones.
     fn refresh(&mut self, map: &ReplicaMap, shared: &SharedPages, max_reads: usize) -> anyhow::Result<()> {
-        let mut wanted: Vec<(u32, Location, u32)> = Vec::with_capacity(self.budget);
-        for h in map.heat() {
-            if wanted.len() == self.budget {
-                break;
-            }
-            if let Some((loc, crc)) = map.get(h.page) {
-                wanted.push((h.page, loc, crc));
-            }
-        }
+        let wanted = self.wanted(map);
         let keep: HashMap<u32, (Location, u32)> = wanted.iter().map(|&(p, l, c)| (p, (l, c))).collect();
         let stale: Vec<u32> =
             self.pages.iter().filter(|(p, copy)| keep.get(p) != Some(copy)).map(|(&p, _)| p).collect();
@@ -112,12 +110,11 @@ impl Warm {
 
     /// Fraction of the wanted pages that are warm and current.
     fn coverage(&self, map: &ReplicaMap) -> f64 {
-        let wanted: Vec<u32> =
-            map.heat().iter().filter(|h| map.get(h.page).is_some()).take(self.budget).map(|h| h.page).collect();
+        let wanted = self.wanted(map);
         if wanted.is_empty() {
             return 1.0;
         }
-        let warm = wanted.iter().filter(|p| self.pages.get(p).copied() == map.get(**p)).count();
+        let warm = wanted.iter().filter(|&&(p, l, c)| self.pages.get(&p) == Some(&(l, c))).count();
         warm as f64 / wanted.len() as f64
     }
 }

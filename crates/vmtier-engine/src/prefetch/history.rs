@@ -176,7 +176,7 @@ impl Prefetcher for History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::test_util::replay;
+    use crate::prefetch::replay;
 
     /// A fixed pseudo-random tour of `n` pages, as a pointer chase would make.
     fn tour(n: u64, seed: u64) -> Vec<u64> {

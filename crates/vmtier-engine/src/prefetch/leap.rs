@@ -95,7 +95,7 @@ impl Prefetcher for Leap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::test_util::replay;
+    use crate::prefetch::replay;
 
     #[test]
     fn finds_the_majority_trend_through_noise() {

@@ -123,31 +123,23 @@ pub(crate) fn push_run(out: &mut Vec<u64>, start: u64, step: i64, n: u64) {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_util {
-    use super::Prefetcher;
-
-    /// Feeds `faults` one by one; after each, treats every prediction that the rest of the
-    /// sequence touches as used (in the order the sequence touches them) and counts how many
-    /// faults the predictions would have avoided. Returns (faults avoided, pages issued).
-    pub fn replay(p: &mut dyn Prefetcher, accesses: &[u64]) -> (usize, usize) {
-        let mut inflight = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        let (mut avoided, mut issued) = (0, 0);
-        for &a in accesses {
-            out.clear();
-            if inflight.remove(&a) {
-                avoided += 1;
-                p.on_use(a, &mut out);
-            } else {
-                p.on_fault(a, &mut out);
-            }
-            for &q in &out {
-                if inflight.insert(q) {
-                    issued += 1;
-                }
-            }
+/// The timing-free replay of a fault sequence (tests, and the figures docs/prefetch.md quotes):
+/// feeds `faults` one by one to `p`; a prediction the rest of the sequence touches counts as used
+/// there (every prediction arrives in time), so each such touch is a fault avoided. Returns
+/// (faults avoided, pages issued).
+pub fn replay(p: &mut dyn Prefetcher, faults: &[u64]) -> (usize, usize) {
+    let mut inflight = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let (mut avoided, mut issued) = (0, 0);
+    for &a in faults {
+        out.clear();
+        if inflight.remove(&a) {
+            avoided += 1;
+            p.on_use(a, &mut out);
+        } else {
+            p.on_fault(a, &mut out);
         }
-        (avoided, issued)
+        issued += out.iter().filter(|&&q| inflight.insert(q)).count();
     }
+    (avoided, issued)
 }

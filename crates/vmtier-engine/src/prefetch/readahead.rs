@@ -70,7 +70,7 @@ impl Prefetcher for Readahead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::test_util::replay;
+    use crate::prefetch::replay;
 
     #[test]
     fn a_sequential_reader_stops_faulting() {

@@ -87,7 +87,7 @@ impl Prefetcher for Stride {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::test_util::replay;
+    use crate::prefetch::replay;
 
     #[test]
     fn a_strided_scan_stops_faulting() {
