@@ -13,6 +13,15 @@ use serde_json::Value;
 
 const MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
 
+/// Swap is machine-wide: the kernel stripes pages across swap areas of equal priority, so two
+/// benches at once would swap into each other's files, and one's `swapoff` would have to bring in
+/// pages of the other's child, charged to a cgroup at its limit (ENOMEM). The tests take turns.
+static SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SWAP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn vmtier() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmtier"));
     cmd.env_remove("VMTIER_LOG");
@@ -51,19 +60,31 @@ fn swaps() -> String {
 }
 
 /// Nothing of bench process `pid` is left: no cgroup, no swap file in `data`, no enabled swap
-/// area in `data`.
-fn assert_clean(pid: u32, data: &Path) {
+/// area in `data`. `output` is what the bench printed, shown on failure.
+fn assert_clean(pid: u32, data: &Path, output: &str) {
     let group = PathBuf::from(MEMORY_ROOT).join(format!("vmtier-bench-{pid}"));
-    assert!(!group.exists(), "memory cgroup {} left behind", group.display());
+    assert!(!group.exists(), "memory cgroup {} left behind; the bench printed:\n{output}", group.display());
     let swap_file = data.join(format!("vmtier-bench-{pid}.swap"));
-    assert!(!swap_file.exists(), "swap file {} left behind", swap_file.display());
-    let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
     let s = swaps();
-    assert!(!s.contains(&*data.to_string_lossy()), "a swap area under {} is still enabled:\n{s}", data.display());
+    assert!(
+        !swap_file.exists(),
+        "swap file {} left behind; /proc/swaps:\n{s}\nthe bench printed:\n{output}",
+        swap_file.display()
+    );
+    let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+    assert!(
+        !s.contains(&*data.to_string_lossy()),
+        "a swap area under {} is still enabled:\n{s}\nthe bench printed:\n{output}",
+        data.display()
+    );
     if let Ok(entries) = std::fs::read_dir(&data) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            assert!(!name.ends_with(".swap"), "swap file {name} left in {}", data.display());
+            assert!(
+                !name.ends_with(".swap"),
+                "swap file {name} left in {}; the bench printed:\n{output}",
+                data.display()
+            );
         }
     }
 }
@@ -82,7 +103,7 @@ fn bench(dir: &Path, extra: &[&str]) -> (serde_json::Map<String, Value>, u32) {
         .expect("vmtier runs");
     let pid = child.id();
     let out = child.wait_with_output().expect("vmtier runs");
-    assert_clean(pid, &data);
+    assert_clean(pid, &data, &describe(&out));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{}", describe(&out)));
     match v {
@@ -119,6 +140,7 @@ fn runs_of<'a>(m: &'a serde_json::Map<String, Value>, system: &str) -> Vec<&'a V
 
 #[test]
 fn kernel_swap_baseline_end_to_end() {
+    let _turn = one_at_a_time();
     let dir = workdir();
     let report = dir.path().join("report");
     let (m, pid) = bench(
@@ -169,6 +191,7 @@ fn kernel_swap_baseline_end_to_end() {
 
 #[test]
 fn kernel_oom_kill_is_a_result_not_a_failure() {
+    let _turn = one_at_a_time();
     let dir = workdir();
     // A swap file of ten pages: half of the footprint cannot go anywhere.
     let (m, _) = bench(
@@ -189,6 +212,7 @@ fn kernel_oom_kill_is_a_result_not_a_failure() {
 
 #[test]
 fn sigterm_during_the_kernel_run_tears_everything_down() {
+    let _turn = one_at_a_time();
     if let Err(why) = machine_allows() {
         eprintln!("skipped: the kernel-swap baseline cannot run here ({why})");
         return;
@@ -222,10 +246,9 @@ fn sigterm_during_the_kernel_run_tears_everything_down() {
     if !enabled {
         let _ = child.kill();
         let _ = child.wait();
-        let lines = lines.join().unwrap();
-        assert_clean(pid, &data);
+        let text = lines.join().unwrap().join("\n");
+        assert_clean(pid, &data, &text);
         // Only a documented refusal excuses not getting this far.
-        let text = lines.join("\n");
         assert!(text.contains("kernel-swap baseline skipped"), "the swap file never appeared:\n{text}");
         eprintln!("skipped: {text}");
         return;
@@ -238,5 +261,5 @@ fn sigterm_during_the_kernel_run_tears_everything_down() {
     let text = lines.join().unwrap().join("\n");
     assert_eq!(status.code(), Some(2), "{text}");
     assert!(text.contains("interrupted"), "{text}");
-    assert_clean(pid, &data);
+    assert_clean(pid, &data, &text);
 }

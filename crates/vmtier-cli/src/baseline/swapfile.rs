@@ -149,13 +149,28 @@ fn cstring(path: &Path) -> std::io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))
 }
 
+/// Attempts `swapoff` makes before giving up on a transient error.
+const SWAPOFF_ATTEMPTS: u32 = 50;
+
+/// `swapoff(2)`, retried on the transient errors: `EINTR` (the kernel abandons swapoff when any
+/// signal is pending — a Ctrl-C arriving during the teardown), `EBUSY` and `ENOMEM` (pages still
+/// being written back or freed by an exiting child).
 fn swapoff(path: &Path) -> std::io::Result<()> {
     let c = cstring(path)?;
-    // SAFETY: `c` is a NUL-terminated path that outlives the call.
-    if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    let mut attempt = 1;
+    loop {
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        if unsafe { libc::swapoff(c.as_ptr()) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        let transient = matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::ENOMEM));
+        if !transient || attempt == SWAPOFF_ATTEMPTS {
+            return Err(e);
+        }
+        attempt += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    Ok(())
 }
 
 /// Bytes available in `dir`'s file system.
