@@ -73,6 +73,10 @@ enum Command {
         /// Print one JSON object instead of the summary.
         #[arg(long)]
         json: bool,
+        /// Append the digest of guest memory at every checkpoint to this file (for crash tests;
+        /// see docs/replication.md, "The check log").
+        #[arg(long)]
+        check_log: Option<PathBuf>,
     },
     /// Follow a primary's log, keep its hot pages warm, take over when its lease expires.
     Secondary(ha::secondary::Args),
@@ -304,7 +308,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             trace_cmd::run(&trace)?;
             true
         }
-        Command::Primary { config, json } => ha::primary::run(&load_vm_config(&config)?, json)?,
+        Command::Primary { config, json, check_log } => {
+            ha::primary::run(&load_vm_config(&config)?, json, check_log.as_deref())?
+        }
         Command::Secondary(args) => ha::secondary::run(&load_vm_config(&args.config)?, &args)?,
         Command::Failover { config, wait_secs } => {
             ha::control::failover(&RunConfig::load(&config)?, std::time::Duration::from_secs(wait_secs))?;

@@ -87,6 +87,10 @@ pub struct ReplicationSection {
     pub poll_ms: u64,
     /// Every this many checkpoints carry the primary's full hot list.
     pub heat_every: u32,
+    /// Every this many checkpoints is a full one (the whole map), after which the log records
+    /// before the previous full checkpoint are deleted. 0: only the first is full and the log
+    /// is never truncated.
+    pub full_every: u32,
     /// The secondary's DRAM budget for warm pages. Default: the engine's `dram`.
     pub secondary_dram: Option<ByteSize>,
 }
@@ -105,6 +109,7 @@ impl Default for ReplicationSection {
             lease_timeout_ms: 1000,
             poll_ms: 20,
             heat_every: 10,
+            full_every: 100,
             secondary_dram: None,
         }
     }

@@ -17,7 +17,7 @@ use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::mtm::Mtm;
 use crate::page_table::{Home, PageEntry, PageTable, PageView, REFERENCED, RESIDENT};
-use crate::pager::Pager;
+use crate::pager::{Pager, page_err};
 use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
 use crate::prefetch::worker::Prefetch;
@@ -65,6 +65,9 @@ pub trait InheritedPages: Send + Sync + std::fmt::Debug {
     /// Reads the inherited copy of `page` into `out` (4096 bytes), checksum checked: a copy that
     /// fails its checksum is an `InvalidData` error.
     fn read(&self, page: u64, out: &mut [u8]) -> std::io::Result<()>;
+
+    /// crc32c of the inherited copy of `page`, or `None` if it has none (its content is zeros).
+    fn crc(&self, page: u64) -> Option<u32>;
 }
 
 /// What a secondary hands [`Engine::start_inherited`] at failover.
@@ -381,7 +384,6 @@ impl Engine {
         (self.pager.budget.resident() * PAGE_SIZE) as u64
     }
 
-    /// Counters and occupancy now.
     /// Checkpoint step 1, **with the guest paused** (vCPUs stopped, or the in-process guest's
     /// threads waiting): takes every page changed since the last capture, copying the content
     /// of those dirty in DRAM and noting where the others' content is stored. Needs
@@ -426,6 +428,43 @@ impl Engine {
         hot
     }
 
+    /// crc32c of every guest page's content as the guest would read it now: resident pages
+    /// checksummed from DRAM, the others by their stored copy's checksum (no I/O), pages never
+    /// written as a page of zeros. Meant for checking replication (`--check-log`): call it with
+    /// the guest paused. A page whose lock another thread holds is waited for, at most a second.
+    pub fn content_crcs(&self) -> Result<Vec<u32>, EngineError> {
+        let p = &self.pager;
+        let zero = crc32c::crc32c(&[0u8; PAGE_SIZE]);
+        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+        let mut out = Vec::with_capacity(p.table.len());
+        for page in 0..p.table.len() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            let g = loop {
+                if let Some(g) = p.table.get(page).try_lock() {
+                    break g;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(EngineError::Busy { page: page as u64 });
+                }
+                std::thread::yield_now();
+            };
+            let v = g.view();
+            let crc = if v.resident() {
+                p.memfd.read_at(&mut buf, (page * PAGE_SIZE) as u64).map_err(page_err("pread", page))?;
+                crc32c::crc32c(&buf)
+            } else {
+                match v.home() {
+                    Home::Zero => zero,
+                    Home::Ssd(_) | Home::Object(_) => v.crc,
+                    Home::Inherited => p.inherited.as_ref().and_then(|s| s.crc(page as u64)).unwrap_or(zero),
+                }
+            };
+            out.push(crc);
+        }
+        Ok(out)
+    }
+
+    /// Counters and occupancy now.
     pub fn snapshot(&self) -> Snapshot {
         snapshot(&self.pager, &self.cfg, self.policy)
     }

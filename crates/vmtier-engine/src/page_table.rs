@@ -66,13 +66,14 @@ pub enum Home {
 }
 
 impl Home {
-    /// The home as it is encoded in the state word (0 for [`Home::Zero`]).
-    pub(crate) fn word(self) -> u64 {
+    /// The home as it is encoded in the state word (0 for [`Home::Zero`]): 8 bytes that
+    /// [`from_word`](Self::from_word) turns back into the home, for compact copies of a map.
+    pub fn word(self) -> u64 {
         self.encode()
     }
 
-    /// The home encoded in a state word.
-    pub(crate) fn from_word(word: u64) -> Self {
+    /// The home encoded in a state word (or a [`word`](Self::word)).
+    pub fn from_word(word: u64) -> Self {
         Self::decode(word)
     }
 

@@ -254,6 +254,10 @@ impl InheritedPages for Inherited {
         out.copy_from_slice(&bytes);
         Ok(())
     }
+
+    fn crc(&self, page: u64) -> Option<u32> {
+        self.map.get(&(page as u32)).filter(|(h, _)| *h != Home::Zero).map(|&(_, crc)| crc)
+    }
 }
 
 /// A new primary started from the committed checkpoint sees memory exactly as it was at that
@@ -272,6 +276,7 @@ fn failover_starts_from_the_committed_checkpoint() {
     }
     let mut map = ReplicaMap::new();
     apply(&mut map, &checkpoint(&primary, true));
+    let at_checkpoint = primary.content_crcs().expect("content crcs");
     // Written after the last commit: lost with the primary, as they must be.
     for p in 0..10 {
         write_page(mem, p, 99);
@@ -292,6 +297,9 @@ fn failover_starts_from_the_committed_checkpoint() {
     let inh = Inheritance { memfd, warm: warm.clone(), stored, source: std::sync::Arc::new(source) };
     let engine = Engine::start_inherited(cfg2, inh).expect("start inherited");
     assert_eq!(engine.snapshot().resident_bytes, (warm.len() * PAGE_SIZE) as u64, "warm pages resident at start");
+    // Warm pages checksummed from DRAM, inherited ones by their copies' crcs, the rest as zeros:
+    // the memory of the checkpoint, page for page.
+    assert_eq!(engine.content_crcs().expect("content crcs"), at_checkpoint, "not the checkpoint's memory");
     let mem = engine.guest_words();
     // Warm pages first (the others would push them out of the 64-page DRAM): no I/O for them.
     for &(p, _) in &warm {

@@ -24,7 +24,7 @@ pub mod replica;
 pub mod store;
 
 pub use lease::{LeaseStatus, LeaseWatch};
-pub use log::{FencedBy, LogError, LogReader, LogWriter, read_heartbeat};
+pub use log::{FencedBy, Heartbeater, LogError, LogReader, LogWriter, read_heartbeat};
 pub use record::{
     Checkpoint, Fence, Heartbeat, Heat, Location, PageLoc, Record, RecordError, decode, encode, map_digest,
 };

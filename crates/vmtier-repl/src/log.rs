@@ -362,7 +362,61 @@ pub struct LogWriter {
     next_seq: u64,
     last_full: Option<u64>,
     fenced: Option<(u64, FencedBy)>,
-    counter: AtomicU64,
+    beater: Heartbeater,
+}
+
+/// Writes the heartbeat of one [`LogWriter`]'s epoch, from any thread: a primary beats on a
+/// thread of its own, so the heartbeat keeps its period while a commit waits on slow storage
+/// (an S3 commit can take longer than a lease). Made by [`LogWriter::heartbeater`]; shares the
+/// writer's counter.
+#[derive(Debug, Clone)]
+pub struct Heartbeater {
+    store: Arc<dyn SharedStore>,
+    holder: String,
+    epoch: u64,
+    counter: Arc<AtomicU64>,
+}
+
+impl Heartbeater {
+    /// Rewrites `lease/heartbeat` with this epoch, a new counter value and `last_committed`.
+    /// Fails with [`LogError::Fenced`] (without writing) if a newer epoch has been claimed or the
+    /// heartbeat there is already of a newer epoch.
+    pub fn beat(&self, last_committed: u64) -> Result<(), LogError> {
+        self.beat_as(last_committed + 1, last_committed)
+    }
+
+    /// [`beat`](Self::beat), naming `next_seq` as the position a [`LogError::Fenced`] is at.
+    fn beat_as(&self, next_seq: u64, last_committed: u64) -> Result<(), LogError> {
+        let fenced = |by| LogError::Fenced { seq: next_seq, our_epoch: self.epoch, by };
+        if let Some(by) = superseded(&*self.store, self.epoch)? {
+            return Err(fenced(by));
+        }
+        // A corrupt heartbeat is simply overwritten.
+        if let Ok(Some(hb)) = read_heartbeat(&*self.store)
+            && hb.epoch > self.epoch
+        {
+            return Err(fenced(FencedBy { epoch: Some(hb.epoch), holder: Some(hb.holder) }));
+        }
+        let hb = Heartbeat {
+            epoch: self.epoch,
+            holder: self.holder.clone(),
+            counter: self.counter.fetch_add(1, Ordering::Relaxed) + 1,
+            unix_ms: now_unix_ms(),
+            last_committed,
+        };
+        self.store.put(HEARTBEAT_KEY, &encode_heartbeat(&hb)).map_err(store_err("cannot write the heartbeat"))
+    }
+}
+
+/// Whether the epoch after `epoch` has been claimed (epochs are claimed in order, so any newer
+/// claim implies that one).
+fn superseded(store: &dyn SharedStore, epoch: u64) -> Result<Option<FencedBy>, LogError> {
+    let newer = epoch + 1;
+    let Some(bytes) = store.get(&epoch_key(newer)).map_err(store_err("cannot read the lease"))? else {
+        return Ok(None);
+    };
+    let holder = decode_claim(&bytes).ok().map(|c| c.holder);
+    Ok(Some(FencedBy { epoch: Some(newer), holder }))
 }
 
 impl LogWriter {
@@ -437,7 +491,7 @@ impl LogWriter {
             next_seq,
             last_full,
             fenced: None,
-            counter: AtomicU64::new(0),
+            beater: Heartbeater { store, holder: holder.to_string(), epoch, counter: Arc::new(AtomicU64::new(0)) },
         })
     }
 
@@ -473,15 +527,14 @@ impl LogWriter {
         LogError::Fenced { seq, our_epoch: self.epoch, by }
     }
 
-    /// Whether the next epoch has been claimed (epochs are claimed in order, so any newer claim
-    /// implies this one).
+    /// Whether the next epoch has been claimed.
     fn superseded(&self) -> Result<Option<FencedBy>, LogError> {
-        let newer = self.epoch + 1;
-        let Some(bytes) = self.store.get(&epoch_key(newer)).map_err(store_err("cannot read the lease"))? else {
-            return Ok(None);
-        };
-        let holder = decode_claim(&bytes).ok().map(|c| c.holder);
-        Ok(Some(FencedBy { epoch: Some(newer), holder }))
+        superseded(&*self.store, self.epoch)
+    }
+
+    /// A heartbeat writer for this epoch, to run on its own thread.
+    pub fn heartbeater(&self) -> Heartbeater {
+        self.beater.clone()
     }
 
     fn fenced_err(&self) -> Option<LogError> {
@@ -546,27 +599,7 @@ impl LogWriter {
         if let Some(e) = self.fenced_err() {
             return Err(e);
         }
-        if let Some(by) = self.superseded()? {
-            return Err(LogError::Fenced { seq: self.next_seq, our_epoch: self.epoch, by });
-        }
-        // A corrupt heartbeat is simply overwritten.
-        if let Ok(Some(hb)) = read_heartbeat(&*self.store)
-            && hb.epoch > self.epoch
-        {
-            return Err(LogError::Fenced {
-                seq: self.next_seq,
-                our_epoch: self.epoch,
-                by: FencedBy { epoch: Some(hb.epoch), holder: Some(hb.holder) },
-            });
-        }
-        let hb = Heartbeat {
-            epoch: self.epoch,
-            holder: self.holder.clone(),
-            counter: self.counter.fetch_add(1, Ordering::Relaxed) + 1,
-            unix_ms: now_unix_ms(),
-            last_committed,
-        };
-        self.store.put(HEARTBEAT_KEY, &encode_heartbeat(&hb)).map_err(store_err("cannot write the heartbeat"))
+        self.beater.beat_as(self.next_seq, last_committed)
     }
 
     /// Deletes the log records before `seq`, oldest first; returns how many. `seq` must not be

@@ -50,6 +50,8 @@ pub struct ReplicaMap {
     digest: u64,
     seq: u64,
     epoch: u64,
+    /// `(epoch, seq)` of the last checkpoint applied.
+    checkpoint: (u64, u64),
     based: bool,
     guest_bytes: u64,
     heat: Vec<Heat>,
@@ -114,6 +116,7 @@ impl ReplicaMap {
         }
         self.seq = c.seq;
         self.epoch = c.epoch;
+        self.checkpoint = (c.epoch, c.seq);
         self.guest_bytes = c.guest_bytes;
         if c.heat_full {
             self.heat = c.heat.clone();
@@ -168,6 +171,12 @@ impl ReplicaMap {
     /// The epoch of the last record applied.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// `(epoch, seq)` of the last checkpoint applied: the one a failover resumes (later records
+    /// may be fences).
+    pub fn checkpoint(&self) -> (u64, u64) {
+        self.checkpoint
     }
 
     /// Whether a full checkpoint has been applied.
@@ -230,6 +239,7 @@ mod tests {
         .expect("full");
         assert_eq!(r.len(), 2);
         r.apply_record(&Record::Fence(Fence { seq: 2, epoch: 2, ..Fence::default() })).expect("fence");
+        assert_eq!((r.seq(), r.epoch(), r.checkpoint()), (2, 2, (1, 1)), "a fence is no checkpoint to resume");
         model.remove(&1);
         model.insert(2, (Location::Ssd { store: 1, slot: 9 }, 23));
         r.apply(&ckpt(3, false, &[(1, Location::Zero, 0), (2, Location::Ssd { store: 1, slot: 9 }, 23)], &model))

@@ -107,6 +107,12 @@ fn fencing_suite(store: Arc<dyn SharedStore>) {
     a.heartbeat(2).expect("heartbeat");
     let hb = read_heartbeat(&*store).expect("read").expect("heartbeat");
     assert_eq!((hb.epoch, hb.holder.as_str(), hb.last_committed), (1, "host-a", 2));
+    // The heartbeat from a thread of its own, sharing the writer's counter.
+    let beater = a.heartbeater();
+    std::thread::spawn(move || beater.beat(2)).join().unwrap().expect("beat from a thread");
+    let hb2 = read_heartbeat(&*store).expect("read").expect("heartbeat");
+    assert_eq!((hb2.epoch, hb2.counter), (1, hb.counter + 1));
+    let beater = a.heartbeater();
     check_replica(&store, &model);
 
     // B claims: epoch 2, fence at 3.
@@ -118,6 +124,7 @@ fn fencing_suite(store: Arc<dyn SharedStore>) {
     assert!(a.is_fenced());
     assert_fenced(a.commit(&stale), 3, 1, 2, "host-b");
     assert_fenced(a.heartbeat(2), 3, 1, 2, "host-b");
+    assert_fenced(beater.beat(2), 3, 1, 2, "host-b");
     assert_fenced(a.truncate_before(1), 3, 1, 2, "host-b");
     let msg = a.commit(&stale).expect_err("fenced").to_string();
     assert!(msg.contains("host-b") && msg.contains("fenced"), "{msg}");

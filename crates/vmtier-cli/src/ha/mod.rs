@@ -12,6 +12,7 @@
 //! primary reads the old epoch's pages (those of the last committed checkpoint, which the old
 //! primary never frees: only a commit does that, and it can no longer commit).
 
+pub mod check;
 pub mod control;
 pub mod primary;
 pub mod secondary;
@@ -177,6 +178,11 @@ impl vmtier_engine::InheritedPages for InheritedMap {
                 Ok(())
             }
         }
+    }
+
+    fn crc(&self, page: u64) -> Option<u32> {
+        let page = u32::try_from(page).ok()?;
+        self.map.get(page).filter(|(loc, _)| *loc != Location::Zero).map(|(_, crc)| crc)
     }
 }
 

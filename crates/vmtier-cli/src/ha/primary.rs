@@ -8,14 +8,20 @@
 //!    resume — this is the guest's pause;
 //! 3. the committer thread, with the guest running: [`Engine::persist`] (write and sync the
 //!    copies to this epoch's tier 2), commit the record to the log, then
-//!    [`Engine::finish_checkpoint`] (free what the commit superseded). It also writes the
-//!    heartbeat. A checkpoint still committing when the next pause comes makes that pause skip
-//!    its capture (counted), so pauses never wait for storage.
+//!    [`Engine::finish_checkpoint`] (free what the commit superseded). A checkpoint still
+//!    committing when the next pause comes makes that pause skip its capture (counted), so
+//!    pauses never wait for storage.
+//!
+//! A fourth thread writes the heartbeat every `replication.heartbeat_ms`, independently of the
+//! commits: on S3 a commit can take longer than a lease, and a heartbeat written between commits
+//! would then let a healthy primary be failed over.
 //!
 //! A commit refused because a newer epoch claimed the log (a failover happened while this
 //! primary was slow or cut off) stops the guest at once: this primary is fenced and can never
 //! commit again.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -23,19 +29,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use vmtier_engine::{Capture, Engine};
+use vmtier_engine::{Capture, DeltaPage, Engine, Home};
 use vmtier_repl::record::{checkpoint_len, page_digest};
-use vmtier_repl::{Checkpoint, Heat, Location, LogError, LogWriter, ReplicaMap};
+use vmtier_repl::{Checkpoint, Heat, Location, LogError, LogWriter, PageLoc, ReplicaMap};
 use vmtier_vm::{GuestRam, MicroVm, Start, VmError, VmOptions, run_guest_with};
 use vmtier_workload::Progress;
 
 use super::Layout;
+use super::check::{self, CheckLog};
 use crate::run_config::RunConfig;
 
 /// A checkpoint captured during a pause, on its way to the log.
 struct Captured {
     capture: Capture,
     vcpu: Vec<u8>,
+    /// Digest of guest memory at the pause, when a check log is kept.
+    digest: Option<u64>,
 }
 
 /// What the replication did, for the summary.
@@ -47,8 +56,13 @@ pub struct ReplicationReport {
     pub committed: u64,
     /// Pauses whose capture was skipped because the previous checkpoint was still committing.
     pub skipped: u64,
-    /// Checkpoints that failed to commit (storage errors) and were aborted.
+    /// Checkpoints that failed before their commit (a tier-2 write or sync) and were aborted:
+    /// their pages go into the next one.
     pub failed: u64,
+    /// Commit attempts that failed with a store error and were retried.
+    pub retried: u64,
+    /// Log records deleted after full checkpoints.
+    pub truncated: u64,
     /// Guest pause per checkpoint, microseconds: median and 99th percentile.
     pub pause_p50_us: f64,
     /// See `pause_p50_us`.
@@ -74,6 +88,8 @@ pub struct Cadence {
     pub heat_every: u64,
     /// Length of the hot list.
     pub heat_pages: usize,
+    /// Every this many checkpoints is full, and the log is truncated after it (0: never).
+    pub full_every: u64,
 }
 
 impl Cadence {
@@ -86,13 +102,14 @@ impl Cadence {
             heartbeat: Duration::from_millis(r.heartbeat_ms),
             heat_every: u64::from(r.heat_every.max(1)),
             heat_pages: (secondary.0 / vmtier_engine::PAGE_SIZE as u64) as usize,
+            full_every: u64::from(r.full_every),
         }
     }
 }
 
 /// `vmtier primary`: claims the log, starts the engine and the guest, replicates until the guest
 /// exits. Returns whether the guest verified everything it read.
-pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
+pub fn run(cfg: &RunConfig, json_out: bool, check_log: Option<&Path>) -> anyhow::Result<bool> {
     vmtier_vm::kvm_usable().context("replication runs the micro-VM guest, which needs KVM")?;
     let layout = Layout::new(cfg);
     let store = layout.open_store()?;
@@ -103,7 +120,8 @@ pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
     }
     let engine = Engine::start(layout.engine_for(epoch, None)).context("starting the engine")?;
     let spec = cfg.workload.to_guest_spec()?;
-    let outcome = serve(&engine, writer, &spec, Start::Boot, None, &Cadence::from_config(cfg))?;
+    let options = ServeOptions { check_log: check_log.map(Path::to_path_buf) };
+    let outcome = serve(&engine, writer, &spec, Start::Boot, None, &Cadence::from_config(cfg), &options)?;
     outcome.print(json_out, "primary")?;
     Ok(outcome.verified)
 }
@@ -162,6 +180,13 @@ impl Served {
     }
 }
 
+/// What [`serve`] does besides replicating.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Keep a check log here (see [`super::check`]).
+    pub check_log: Option<PathBuf>,
+}
+
 /// Runs the guest on `engine` (booting it, or resuming a checkpoint after a failover) and
 /// replicates it through `writer` until it exits. `inherited` is the map the engine's inherited
 /// pages come from (after a failover).
@@ -172,14 +197,19 @@ pub fn serve(
     start: Start,
     inherited: Option<&ReplicaMap>,
     cadence: &Cadence,
+    options: &ServeOptions,
 ) -> anyhow::Result<Served> {
     let epoch = writer.epoch();
+    let check_log = options.check_log.as_deref().map(CheckLog::open).transpose()?;
+    let keep_digests = check_log.is_some();
     let report = Mutex::new(ReplicationReport { epoch, ..ReplicationReport::default() });
     let pauses = Mutex::new(Vec::<u64>::new());
     let in_flight = AtomicBool::new(false);
     let done = AtomicBool::new(false);
     let guest_bytes = engine.config().memory.0;
     let (tx, rx) = mpsc::sync_channel::<Captured>(1);
+    let beater = writer.heartbeater();
+    let last_committed = AtomicU64::new(0);
     let mut vm =
         MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions::default()).context("creating the micro-VM")?;
     let pauser = vm.pauser();
@@ -196,9 +226,35 @@ pub fn serve(
                 }
             }
         });
-        // The committer: persist, commit, finish; heartbeats in between.
+        // The heartbeat, on its own thread so that it keeps its period while a commit waits on
+        // slow storage. The first goes out at once: a claim writes none.
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if let Err(e) = beater.beat(last_committed.load(Ordering::Acquire)) {
+                    if matches!(e, LogError::Fenced { .. }) {
+                        fence(&e, &report, &pauser);
+                        return;
+                    }
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                let next = Instant::now() + cadence.heartbeat;
+                while !done.load(Ordering::Relaxed) && Instant::now() < next {
+                    std::thread::sleep(cadence.heartbeat.min(Duration::from_millis(10)));
+                }
+            }
+        });
+        // The committer: persist, commit, finish.
         let committer = s.spawn(|| {
-            commit_loop(engine, writer, rx, cadence, guest_bytes, inherited, &report, &in_flight, &done, &pauser)
+            let ctx = CommitCtx {
+                engine,
+                cadence,
+                guest_bytes,
+                inherited,
+                report: &report,
+                in_flight: &in_flight,
+                last_committed: &last_committed,
+            };
+            commit_loop(&ctx, writer, rx, check_log, &pauser)
         });
         // Progress: when the guest first moves after the start.
         s.spawn(|| {
@@ -218,8 +274,16 @@ pub fn serve(
             let vcpu = vm.save_vcpu()?.to_bytes();
             let capture = engine.capture().map_err(|e| VmError::Checkpoint(vmtier_engine::chain(&e)))?;
             pauses.lock().unwrap().push(t.elapsed().as_nanos() as u64);
+            // Outside the measured pause: only crash tests keep a check log.
+            let digest = if keep_digests {
+                let crcs = engine.content_crcs().map_err(|e| VmError::Checkpoint(vmtier_engine::chain(&e)))?;
+                Some(check::digest(&crcs))
+            } else {
+                None
+            };
             in_flight.store(true, Ordering::Release);
-            tx.send(Captured { capture, vcpu }).map_err(|_| VmError::Checkpoint("the committer stopped".into()))?;
+            tx.send(Captured { capture, vcpu, digest })
+                .map_err(|_| VmError::Checkpoint("the committer stopped".into()))?;
             Ok(())
         });
         done.store(true, Ordering::Relaxed);
@@ -264,119 +328,223 @@ pub fn serve(
     })
 }
 
+/// What the committer thread works with.
+struct CommitCtx<'a> {
+    engine: &'a Engine,
+    cadence: &'a Cadence,
+    guest_bytes: u64,
+    inherited: Option<&'a ReplicaMap>,
+    report: &'a Mutex<ReplicationReport>,
+    in_flight: &'a AtomicBool,
+    /// The newest committed record, for the heartbeat.
+    last_committed: &'a AtomicU64,
+}
+
+/// Stops the guest of a fenced primary for good.
+fn fence(e: &LogError, report: &Mutex<ReplicationReport>, pauser: &vmtier_vm::Pauser) {
+    let why = format!("{e}");
+    report.lock().unwrap().fenced = Some(why.clone());
+    pauser.abort(format!("this primary was fenced: {why}"), Duration::from_secs(5));
+}
+
 /// The committer thread. See the [module docs](self).
-#[allow(clippy::too_many_arguments)]
 fn commit_loop(
-    engine: &Engine,
+    ctx: &CommitCtx<'_>,
     mut writer: LogWriter,
     rx: mpsc::Receiver<Captured>,
-    cadence: &Cadence,
-    guest_bytes: u64,
-    inherited: Option<&ReplicaMap>,
-    report: &Mutex<ReplicationReport>,
-    in_flight: &AtomicBool,
-    done: &AtomicBool,
+    mut check_log: Option<CheckLog>,
     pauser: &vmtier_vm::Pauser,
 ) -> anyhow::Result<()> {
+    let CommitCtx { engine, cadence, guest_bytes, inherited, report, in_flight, last_committed } = *ctx;
     let epoch = writer.epoch();
-    // Every page's term in the map digest as of the last committed checkpoint (0: a zero page,
-    // which has none). A stored page's crc may itself be 0, so the term, not the crc, is kept.
-    let mut terms: Vec<u64> = vec![0; (guest_bytes / vmtier_engine::PAGE_SIZE as u64) as usize];
+    let mut committed = CommittedMap::new((guest_bytes / vmtier_engine::PAGE_SIZE as u64) as usize);
     let mut digest = 0u64;
-    let mut last_committed = 0u64;
-    // The first heartbeat goes out at once: a claim writes none.
-    let mut last_heartbeat = Instant::now() - cadence.heartbeat;
     let mut count = 0u64;
-    let fence = |e: &LogError, report: &Mutex<ReplicationReport>| {
-        let why = format!("{e}");
-        report.lock().unwrap().fenced = Some(why.clone());
-        pauser.abort(format!("this primary was fenced: {why}"), Duration::from_secs(5));
-    };
-    loop {
-        let job = match rx.recv_timeout(cadence.heartbeat.saturating_sub(last_heartbeat.elapsed())) {
-            Ok(job) => Some(job),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        if let Some(Captured { capture, vcpu }) = job {
-            let (copied, meta) = (capture.copied_pages() as u64, capture.metadata_only_pages() as u64);
-            let result = (|| -> Result<u64, CommitError> {
-                let delta = engine.persist(capture).map_err(|e| CommitError::Engine(vmtier_engine::chain(&e)))?;
-                let mut pages = Vec::with_capacity(delta.len());
-                let mut new_digest = digest;
-                let mut new_terms = Vec::with_capacity(delta.len());
-                for d in &delta {
-                    let pl = super::page_loc(d, epoch, inherited).map_err(|e| CommitError::Engine(format!("{e:#}")))?;
-                    let term = if pl.loc == Location::Zero { 0 } else { page_digest(d.page, pl.crc) };
-                    new_digest = new_digest.wrapping_sub(terms[d.page as usize]).wrapping_add(term);
-                    new_terms.push((d.page, term));
-                    pages.push(pl);
-                }
-                let heat_full = count.is_multiple_of(cadence.heat_every);
-                let heat = if heat_full {
-                    engine
-                        .heat(cadence.heat_pages)
-                        .into_iter()
-                        .map(|(page, freq, age)| Heat { page, freq, age })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let ckpt = Checkpoint {
-                    seq: 0,
-                    epoch: 0,
-                    created_unix_ms: unix_ms(),
-                    guest_bytes,
-                    full: count == 0,
-                    pages,
-                    heat_full,
-                    heat,
-                    digest: new_digest,
-                    vcpu,
-                };
-                let seq = writer.commit(&ckpt)?;
-                report.lock().unwrap().log_bytes += checkpoint_len(&ckpt, epoch) as u64;
-                digest = new_digest;
-                for (p, t) in new_terms {
-                    terms[p as usize] = t;
-                }
-                Ok(seq)
-            })();
-            match result {
-                Ok(seq) => {
-                    engine.finish_checkpoint(true)?;
-                    last_committed = seq;
-                    count += 1;
-                    let mut r = report.lock().unwrap();
-                    r.committed += 1;
-                    r.pages_copied += copied;
-                    r.pages_metadata_only += meta;
-                }
-                Err(e) => {
-                    engine.finish_checkpoint(false)?;
-                    if let CommitError::Log(e @ LogError::Fenced { .. }) = &e {
-                        fence(e, report);
-                        in_flight.store(false, Ordering::Release);
-                        return Ok(());
+    // The newest full checkpoint committed: once the next one commits, the records before it
+    // go.
+    let mut last_full: Option<u64> = None;
+    for Captured { capture, vcpu, digest: memory_digest } in rx {
+        let (copied, meta) = (capture.copied_pages() as u64, capture.metadata_only_pages() as u64);
+        let full = count == 0 || (cadence.full_every > 0 && count.is_multiple_of(cadence.full_every));
+        let result = (|| -> Result<u64, CommitError> {
+            let delta = engine.persist(capture).map_err(|e| CommitError::Engine(vmtier_engine::chain(&e)))?;
+            let loc =
+                |d: &DeltaPage| super::page_loc(d, epoch, inherited).map_err(|e| CommitError::Engine(format!("{e:#}")));
+            // The delta with each page's crc as the log records it (an inherited page's from the
+            // inherited map), and its location.
+            let mut resolved = Vec::with_capacity(delta.len());
+            let mut new_digest = digest;
+            for d in &delta {
+                let pl = loc(d)?;
+                let term = if d.home == Home::Zero { 0 } else { page_digest(d.page, pl.crc) };
+                new_digest = new_digest.wrapping_sub(committed.term(d.page)).wrapping_add(term);
+                resolved.push((DeltaPage { crc: pl.crc, ..*d }, pl));
+            }
+            let pages = if full {
+                // The whole map: the committed one with this delta applied, zero pages left out.
+                let changed: HashMap<u32, PageLoc> = resolved.iter().map(|(d, pl)| (d.page, *pl)).collect();
+                let mut pages = Vec::with_capacity(committed.len() + changed.len());
+                for page in 0..committed.pages() as u32 {
+                    match changed.get(&page) {
+                        Some(pl) if pl.loc != Location::Zero => pages.push(*pl),
+                        Some(_) => {}
+                        None => {
+                            let d = committed.get(page);
+                            if d.home != Home::Zero {
+                                pages.push(loc(&d)?);
+                            }
+                        }
                     }
-                    report.lock().unwrap().failed += 1;
-                    tracing::error!(error = %e, "checkpoint failed; its pages go into the next one");
                 }
+                pages
+            } else {
+                resolved.iter().map(|(_, pl)| *pl).collect()
+            };
+            let heat_full = count.is_multiple_of(cadence.heat_every);
+            let heat = if heat_full {
+                engine.heat(cadence.heat_pages).into_iter().map(|(page, freq, age)| Heat { page, freq, age }).collect()
+            } else {
+                Vec::new()
+            };
+            let ckpt = Checkpoint {
+                seq: 0,
+                epoch: 0,
+                created_unix_ms: unix_ms(),
+                guest_bytes,
+                full,
+                pages,
+                heat_full,
+                heat,
+                digest: new_digest,
+                vcpu,
+            };
+            if let (Some(c), Some(d)) = (check_log.as_mut(), memory_digest) {
+                c.capture(epoch, writer.next_seq(), d).map_err(|e| CommitError::Engine(format!("{e:#}")))?;
             }
-            in_flight.store(false, Ordering::Release);
-        }
-        if last_heartbeat.elapsed() >= cadence.heartbeat && !done.load(Ordering::Relaxed) {
-            last_heartbeat = Instant::now();
-            if let Err(e) = writer.heartbeat(last_committed) {
-                if matches!(e, LogError::Fenced { .. }) {
-                    fence(&e, report);
-                    return Ok(());
+            let seq = commit_retrying(&mut writer, &ckpt, report)?;
+            report.lock().unwrap().log_bytes += checkpoint_len(&ckpt, epoch) as u64;
+            digest = new_digest;
+            for (d, _) in &resolved {
+                committed.set(d);
+            }
+            Ok(seq)
+        })();
+        match result {
+            Ok(seq) => {
+                if let Some(c) = check_log.as_mut() {
+                    c.commit(epoch, seq)?;
                 }
-                tracing::warn!(error = %e, "heartbeat failed");
+                engine.finish_checkpoint(true)?;
+                last_committed.store(seq, Ordering::Release);
+                if full {
+                    if let Some(previous) = last_full {
+                        match writer.truncate_before(previous) {
+                            Ok(n) => report.lock().unwrap().truncated += n as u64,
+                            Err(e @ LogError::Fenced { .. }) => {
+                                fence(&e, report, pauser);
+                                in_flight.store(false, Ordering::Release);
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "truncating the log failed; the next full checkpoint tries again")
+                            }
+                        }
+                    }
+                    last_full = Some(seq);
+                }
+                count += 1;
+                let mut r = report.lock().unwrap();
+                r.committed += 1;
+                r.pages_copied += copied;
+                r.pages_metadata_only += meta;
+            }
+            Err(CommitError::Log(e)) => {
+                // Fenced (the only log error `commit_retrying` returns). The record may be in the
+                // log all the same — a newer epoch claimed while it was being written, and then
+                // took it as the head it fenced after — so its copies are not freed: this
+                // engine frees nothing ever again.
+                fence(&e, report, pauser);
+                in_flight.store(false, Ordering::Release);
+                return Ok(());
+            }
+            Err(e @ CommitError::Engine(_)) => {
+                // Nothing reached the log: the checkpoint's own copies are freed.
+                engine.finish_checkpoint(false)?;
+                report.lock().unwrap().failed += 1;
+                tracing::error!(error = %e, "checkpoint failed; its pages go into the next one");
             }
         }
+        in_flight.store(false, Ordering::Release);
     }
     Ok(())
+}
+
+/// Commits `ckpt`, retrying on store errors until the log holds it or refuses it for good
+/// ([`LogError::Fenced`], the only error returned). A commit that failed with a store error may
+/// still have landed (the write reached the store, the answer did not), so the checkpoint can
+/// neither be dropped nor its copies freed: it is committed again — the writer recognises an
+/// earlier attempt that landed — while the guest runs on and its pauses skip their captures. A
+/// store that stays unreachable ends with a failover, and then with `Fenced`.
+fn commit_retrying(
+    writer: &mut LogWriter,
+    ckpt: &Checkpoint,
+    report: &Mutex<ReplicationReport>,
+) -> Result<u64, LogError> {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match writer.commit(ckpt) {
+            Err(e) if !matches!(e, LogError::Fenced { .. }) => {
+                report.lock().unwrap().retried += 1;
+                tracing::warn!(error = %e, retry_in = ?backoff, "committing the checkpoint failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The primary's copy of the committed map, from which it builds full checkpoints without
+/// asking the engine: every page's home word ([`Home::word`]) and crc, 12 bytes a page.
+struct CommittedMap {
+    homes: Vec<u64>,
+    crcs: Vec<u32>,
+    /// Non-zero pages.
+    len: usize,
+}
+
+impl CommittedMap {
+    fn new(pages: usize) -> Self {
+        Self { homes: vec![0; pages], crcs: vec![0; pages], len: 0 }
+    }
+
+    fn pages(&self) -> usize {
+        self.homes.len()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, page: u32) -> DeltaPage {
+        let i = page as usize;
+        DeltaPage { page, home: Home::from_word(self.homes[i]), crc: self.crcs[i] }
+    }
+
+    /// The page's term in the map digest (a zero page has none; a stored page's crc may itself
+    /// be 0, so the home, not the crc, tells).
+    fn term(&self, page: u32) -> u64 {
+        let i = page as usize;
+        if self.homes[i] == 0 { 0 } else { page_digest(page, self.crcs[i]) }
+    }
+
+    fn set(&mut self, d: &DeltaPage) {
+        let i = d.page as usize;
+        let w = d.home.word();
+        self.len = self.len + usize::from(w != 0) - usize::from(self.homes[i] != 0);
+        self.homes[i] = w;
+        self.crcs[i] = d.crc;
+    }
 }
 
 /// Why a checkpoint did not commit.

@@ -20,11 +20,12 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::json;
 use vmtier_engine::{Engine, Inheritance, PAGE_SIZE};
-use vmtier_repl::{LeaseStatus, LeaseWatch, Location, LogReader, LogWriter, ReplicaMap, SharedStore};
+use vmtier_repl::{LeaseStatus, LeaseWatch, Location, LogError, LogReader, LogWriter, ReplicaMap, SharedStore};
 use vmtier_uffd::{AlignedBuf, Memfd};
 use vmtier_vm::{Start, VcpuState};
 
-use super::primary::{Cadence, Served};
+use super::check::{self, CheckLog};
+use super::primary::{Cadence, ServeOptions, Served};
 use super::{InheritedMap, Layout, SharedPages};
 use crate::run_config::RunConfig;
 
@@ -47,6 +48,10 @@ pub struct Args {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Append the digest of the memory it resumes with to this file, and keep the primary's
+    /// check log after the failover (for crash tests; see docs/replication.md).
+    #[arg(long)]
+    pub check_log: Option<std::path::PathBuf>,
 }
 
 /// The warm set: pages held in the memory file, and the copy each holds.
@@ -159,9 +164,7 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         eprintln!("vmtier secondary: following the log at {} with {} warm pages", layout.shared.url, budget);
     }
     let reason = loop {
-        for rec in reader.poll().context("following the replication log")? {
-            map.apply_record(&rec).context("applying the replication log")?;
-        }
+        follow(&mut reader, &mut map, &store).context("following the replication log")?;
         if map.is_based() {
             if warm.is_none() {
                 warm = Some(Warm::new(map.guest_bytes(), budget)?);
@@ -189,9 +192,7 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     let writer = LogWriter::claim(store.clone(), &super::holder_name()).context("claiming the log for the failover")?;
     let epoch = writer.epoch();
     store.delete(FAILOVER_REQUEST_KEY).context("clearing the failover request")?;
-    for rec in reader.poll().context("reading the last records")? {
-        map.apply_record(&rec).context("applying the last records")?;
-    }
+    follow(&mut reader, &mut map, &store).context("reading the last records")?;
     if !map.is_based() || map.vcpu().is_empty() {
         bail!("the log holds no complete checkpoint to resume from");
     }
@@ -208,7 +209,7 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     let report = FailoverReport {
         epoch,
         reason,
-        resumed_seq: map.seq(),
+        resumed_seq: map.checkpoint().1,
         takeover_s: 0.0,
         warm_pages: w.pages.len(),
         mapped_pages: map.len(),
@@ -217,6 +218,11 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         secondary_dram_bytes: (w.pages.len() * PAGE_SIZE) as u64,
     };
     let state = VcpuState::from_bytes(map.vcpu()).context("decoding the checkpoint's vCPU state")?;
+    if let Some(path) = &args.check_log {
+        let digest = resume_digest(&map, &w, &shared).context("checking the memory to resume with")?;
+        let (epoch, seq) = map.checkpoint();
+        CheckLog::open(path)?.resume(epoch, seq, digest)?;
+    }
     let inheritance = Inheritance {
         warm: w.pages.keys().map(|&p| (p, freq.get(&p).copied().unwrap_or(50))).collect(),
         stored: map.iter().map(|(p, _, _)| p).collect(),
@@ -244,9 +250,58 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         Start::Resume(Box::new(state)),
         Some(&map),
         &Cadence::from_config(cfg),
+        &ServeOptions { check_log: args.check_log.clone() },
     )?;
     print(&report, &served, args.json)?;
     Ok(served.verified)
+}
+
+/// Applies the log's new records to `map`. A secondary that fell so far behind that the primary
+/// truncated the records it still needed (`replication.full_every`) starts again from the newest
+/// full checkpoint; its warm copies stay, and are checked against the new map as usual.
+fn follow(reader: &mut LogReader, map: &mut ReplicaMap, store: &Arc<dyn SharedStore>) -> anyhow::Result<()> {
+    let records = match reader.poll() {
+        Err(LogError::TruncatedPast { next, oldest }) => {
+            tracing::warn!(
+                next,
+                oldest,
+                "fell behind the log's truncation; starting again from its newest full checkpoint"
+            );
+            *reader = LogReader::open(store.clone())?;
+            *map = ReplicaMap::new();
+            reader.poll()?
+        }
+        r => r?,
+    };
+    for rec in records {
+        map.apply_record(&rec).context("applying the replication log")?;
+    }
+    Ok(())
+}
+
+/// The digest ([`check::digest`]) of the memory the VM resumes with: warm pages from this
+/// host's DRAM, every other page read (and checksum-checked) from shared storage.
+fn resume_digest(map: &ReplicaMap, warm: &Warm, shared: &SharedPages) -> anyhow::Result<u64> {
+    let pages = map.guest_bytes() / PAGE_SIZE as u64;
+    let zero = check::zero_page_crc();
+    let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+    let mut crcs = Vec::with_capacity(pages as usize);
+    for page in 0..pages as u32 {
+        let crc = if warm.pages.contains_key(&page) {
+            warm.memfd.read_at(&mut buf, u64::from(page) * PAGE_SIZE as u64).context("reading a warm page")?;
+            crc32c::crc32c(&buf)
+        } else {
+            match map.get(page) {
+                None | Some((Location::Zero, _)) => zero,
+                Some((loc, crc)) => {
+                    shared.read(loc, crc, &mut buf).with_context(|| format!("reading page {page} at {loc:?}"))?;
+                    crc32c::crc32c(&buf)
+                }
+            }
+        };
+        crcs.push(crc);
+    }
+    Ok(check::digest(&crcs))
 }
 
 fn print(report: &FailoverReport, served: &Served, json_out: bool) -> anyhow::Result<()> {
