@@ -206,6 +206,44 @@ fn the_check_catches_a_wrong_resume() {
     }
 }
 
+/// The tier-2 stores left are the last primary's own and those its first checkpoint (a full
+/// one) still references: every other epoch's store was reclaimed.
+fn assert_only_referenced_stores_left(dir: &Path, last_epoch: u64) {
+    let store = vmtier_repl::open_store(&vmtier_storage::object::ObjectConfig::new(
+        dir.join("data/shared").to_string_lossy().into_owned(),
+    ))
+    .expect("open the log");
+    let records = vmtier_repl::LogReader::open(store).expect("open the log").poll().expect("read the log");
+    let first = records
+        .iter()
+        .find_map(|r| match r {
+            vmtier_repl::Record::Checkpoint(c) if c.epoch == last_epoch => Some(c),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no checkpoint of epoch {last_epoch} in the log"));
+    assert!(first.full, "the first checkpoint of an epoch is full");
+    let mut keep: std::collections::BTreeSet<u64> = first
+        .pages
+        .iter()
+        .filter_map(|p| match p.loc {
+            vmtier_repl::Location::Zero => None,
+            vmtier_repl::Location::Ssd { store, .. } | vmtier_repl::Location::Object { store, .. } => Some(store),
+        })
+        .collect();
+    keep.insert(last_epoch);
+    let left: std::collections::BTreeSet<u64> = std::fs::read_dir(dir.join("data/tier2"))
+        .expect("tier 2")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix('e').and_then(|n| n.parse().ok()))
+        .collect();
+    let stray: Vec<u64> = left.difference(&keep).copied().collect();
+    assert!(
+        stray.is_empty(),
+        "stores of epochs {stray:?} are left though no checkpoint references them (kept: {keep:?})"
+    );
+    eprintln!("crash test: {} tier-2 stores left, all referenced: {left:?}", left.len());
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -284,7 +322,27 @@ fn killed_primaries_never_lose_or_tear_a_checkpoint() {
         assert!(Instant::now() < deadline, "the last secondary did not take over in 60 s:\n{}", tail(&next_err));
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Let the last primary commit twice — its first commit counts the committed pages per store
+    // and reclaims the stores of earlier epochs that hold none — then kill it too.
+    let resumed_at = chain.lines().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last_epoch = loop {
+        let lines = chain.lines();
+        let commits: Vec<u64> = lines[resumed_at..]
+            .iter()
+            .filter_map(|l| match parse(l) {
+                Line::Commit { epoch, .. } => Some(epoch),
+                _ => None,
+            })
+            .collect();
+        if commits.len() >= 2 {
+            break commits[0];
+        }
+        assert!(Instant::now() < deadline, "the last primary did not commit in 60 s:\n{}", tail(&next_err));
+        std::thread::sleep(Duration::from_millis(20));
+    };
     chain.kill(&mut next);
+    assert_only_referenced_stores_left(dir.path(), last_epoch);
     let checked = check(&chain.lines()).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "crash test: {kills} kills ({early} early), {} processes, {} resumes checked, {} checkpoints committed, {:.0} s",

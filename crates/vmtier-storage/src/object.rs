@@ -398,6 +398,12 @@ impl ObjectTier {
         Self::connect(cfg)
     }
 
+    /// Deletes every segment directly under `cfg.url`'s prefix: how a primary reclaims the tier 3
+    /// of an earlier epoch once nothing references it. Other objects are left alone.
+    pub fn remove_all(cfg: ObjectConfig) -> Result<(), ObjectError> {
+        Self::connect(cfg)?.clear()
+    }
+
     fn connect(cfg: ObjectConfig) -> Result<Self, ObjectError> {
         cfg.validate()?;
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -38,6 +38,7 @@ use vmtier_workload::Progress;
 use super::Layout;
 use super::check::{self, CheckLog};
 use crate::run_config::RunConfig;
+use vmtier_storage::object::ObjectTier;
 
 /// A checkpoint captured during a pause, on its way to the log.
 struct Captured {
@@ -120,7 +121,8 @@ pub fn run(cfg: &RunConfig, json_out: bool, check_log: Option<&Path>) -> anyhow:
     }
     let engine = Engine::start(layout.engine_for(epoch, None)).context("starting the engine")?;
     let spec = cfg.workload.to_guest_spec()?;
-    let options = ServeOptions { check_log: check_log.map(Path::to_path_buf) };
+    // A primary that boots afresh on a log with earlier epochs needs none of their stores.
+    let options = ServeOptions { check_log: check_log.map(Path::to_path_buf), reclaim: Some(layout.clone()) };
     let outcome = serve(&engine, writer, &spec, Start::Boot, None, &Cadence::from_config(cfg), &options)?;
     outcome.print(json_out, "primary")?;
     Ok(outcome.verified)
@@ -185,6 +187,9 @@ impl Served {
 pub struct ServeOptions {
     /// Keep a check log here (see [`super::check`]).
     pub check_log: Option<PathBuf>,
+    /// Delete the stores (tier 2 and tier 3) of earlier epochs once no committed page is in
+    /// them any more.
+    pub reclaim: Option<Layout>,
 }
 
 /// Runs the guest on `engine` (booting it, or resuming a checkpoint after a failover) and
@@ -254,7 +259,8 @@ pub fn serve(
                 in_flight: &in_flight,
                 last_committed: &last_committed,
             };
-            commit_loop(&ctx, writer, rx, check_log, &pauser)
+            let reclaim = options.reclaim.as_ref().map(|layout| Reclaim::new(layout, epoch));
+            commit_loop(&ctx, writer, rx, check_log, reclaim, &pauser)
         });
         // Progress: when the guest first moves after the start.
         s.spawn(|| {
@@ -353,6 +359,7 @@ fn commit_loop(
     mut writer: LogWriter,
     rx: mpsc::Receiver<Captured>,
     mut check_log: Option<CheckLog>,
+    mut reclaim: Option<Reclaim<'_>>,
     pauser: &vmtier_vm::Pauser,
 ) -> anyhow::Result<()> {
     let CommitCtx { engine, cadence, guest_bytes, inherited, report, in_flight, last_committed } = *ctx;
@@ -424,7 +431,10 @@ fn commit_loop(
             let seq = commit_retrying(&mut writer, &ckpt, report)?;
             report.lock().unwrap().log_bytes += checkpoint_len(&ckpt, epoch) as u64;
             digest = new_digest;
-            for (d, _) in &resolved {
+            for (d, pl) in &resolved {
+                if let Some(r) = reclaim.as_mut() {
+                    r.moved(loc(&committed.get(d.page))?.loc, pl.loc);
+                }
                 committed.set(d);
             }
             Ok(seq)
@@ -436,6 +446,9 @@ fn commit_loop(
                 }
                 engine.finish_checkpoint(true)?;
                 last_committed.store(seq, Ordering::Release);
+                if let Some(r) = reclaim.as_mut() {
+                    r.collect();
+                }
                 if full {
                     if let Some(previous) = last_full {
                         match writer.truncate_before(previous) {
@@ -501,6 +514,72 @@ fn commit_retrying(
             }
             r => return r,
         }
+    }
+}
+
+/// Reclaiming the stores of earlier epochs: how many committed pages each still holds. Counts
+/// start at the first (full) checkpoint, so nothing is deleted before it has committed. An epoch
+/// whose store no committed page is in is never needed again: the engine's inherited pages are
+/// a subset of the committed ones (a page leaves an inherited copy for good), and a secondary
+/// reads what the newest checkpoint names.
+struct Reclaim<'a> {
+    layout: &'a Layout,
+    epoch: u64,
+    pages_in: HashMap<u64, usize>,
+    reclaimed: std::collections::HashSet<u64>,
+}
+
+impl<'a> Reclaim<'a> {
+    fn new(layout: &'a Layout, epoch: u64) -> Self {
+        Self { layout, epoch, pages_in: HashMap::new(), reclaimed: Default::default() }
+    }
+
+    /// A committed page moved from `old` to `new`.
+    fn moved(&mut self, old: Location, new: Location) {
+        if let Some(s) = store_of(old) {
+            let n = self.pages_in.entry(s).or_default();
+            *n = n.saturating_sub(1);
+        }
+        if let Some(s) = store_of(new) {
+            *self.pages_in.entry(s).or_default() += 1;
+        }
+    }
+
+    /// Deletes the stores of earlier epochs that hold no committed page. A failure is logged
+    /// and tried again after the next commit.
+    fn collect(&mut self) {
+        for e in 1..self.epoch {
+            if self.reclaimed.contains(&e) || self.pages_in.get(&e).is_some_and(|&n| n > 0) {
+                continue;
+            }
+            let dir = self.layout.tier2_dir(e);
+            let tier2 = match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::Error::new(e)),
+                _ => Ok(()),
+            };
+            let result = tier2.with_context(|| format!("deleting {}", dir.display())).and_then(|()| {
+                let t3 = self.layout.tier3(e);
+                let url = t3.url.clone();
+                ObjectTier::remove_all(t3).with_context(|| format!("deleting the segments under {url}"))
+            });
+            match result {
+                Ok(()) => {
+                    tracing::info!(epoch = e, "reclaimed the stores of an earlier epoch");
+                    self.reclaimed.insert(e);
+                }
+                Err(err) => {
+                    tracing::warn!(epoch = e, error = %format!("{err:#}"), "reclaiming an earlier epoch's stores failed")
+                }
+            }
+        }
+    }
+}
+
+/// The epoch whose store holds a copy at `loc` (`None`: zeros).
+fn store_of(loc: Location) -> Option<u64> {
+    match loc {
+        Location::Zero => None,
+        Location::Ssd { store, .. } | Location::Object { store, .. } => Some(store),
     }
 }
 

@@ -250,7 +250,7 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         Start::Resume(Box::new(state)),
         Some(&map),
         &Cadence::from_config(cfg),
-        &ServeOptions { check_log: args.check_log.clone() },
+        &ServeOptions { check_log: args.check_log.clone(), reclaim: Some(layout.clone()) },
     )?;
     print(&report, &served, args.json)?;
     Ok(served.verified)
