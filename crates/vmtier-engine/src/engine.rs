@@ -405,6 +405,14 @@ impl Engine {
         self.pager.finish_checkpoint(committed)
     }
 
+    /// Precleaning (claim 2 of the patent; `preclean.rs`): writes up to `max` dirty pages that
+    /// are next in line for demotion to tier 2 now, keeping them resident, clean and
+    /// write-protected, so the next checkpoint carries them as metadata only and their demotion
+    /// costs no write. Call it near the end of a checkpoint interval. Returns how many.
+    pub fn preclean(&self, max: usize) -> Result<usize, EngineError> {
+        self.pager.preclean(max)
+    }
+
     /// The `max` hottest pages by access frequency (decayed to now), hottest first, as
     /// `(page, frequency 0–100, ticks since last seen)`: the access statistics replication
     /// sends to a secondary, which keeps these pages warm. Pages never observed are left out.
@@ -583,6 +591,8 @@ pub struct Snapshot {
     pub prefetch_dropped: u64,
     /// Checkpoint copies that became their page's home (the page turned clean).
     pub checkpoint_adopted: u64,
+    /// Dirty pages written to tier 2 ahead of their demotion, staying resident and clean.
+    pub precleaned: u64,
     /// Stored copies whose release was deferred because a replica referenced them.
     pub replica_retained: u64,
     /// DRAM the engine keeps about guest pages, by structure.
@@ -682,6 +692,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         prefetch_wasted_bytes: l(&s.prefetch_wasted) * PAGE_SIZE as u64,
         prefetch_dropped: l(&s.prefetch_dropped),
         checkpoint_adopted: l(&s.checkpoint_adopted),
+        precleaned: l(&s.precleaned),
         replica_retained: p.repl.as_ref().map_or(0, |r| l(&r.retained)),
         metadata_bytes_per_page: (metadata.page_table
             + metadata.mtm_scratch

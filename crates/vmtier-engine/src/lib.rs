@@ -15,6 +15,7 @@ mod mtm;
 pub mod page_table;
 mod pager;
 pub mod policy;
+mod preclean;
 pub mod prefetch;
 mod replica;
 pub mod size;

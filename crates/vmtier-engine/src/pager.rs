@@ -38,7 +38,7 @@ use crate::tracker::{AccessKind, Tracker};
 /// page stored for the first time says nothing about rewrites — memory is written once and
 /// then mostly read — so it starts as not written. Only a hint: the page is written out either
 /// way, so a checksum collision costs a fault, never data.
-fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
+pub(crate) fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
     if v.home() != Home::Zero && crc != v.crc {
         g.set(WRITTEN);
     } else {
@@ -79,7 +79,7 @@ pub struct Pager {
     pub(crate) stats: Stats,
     zero: AlignedBuf,
     /// Eviction candidates published by the MTM, coldest last.
-    victims: Mutex<Vec<u32>>,
+    pub(crate) victims: Mutex<Vec<u32>>,
     clock: AtomicUsize,
     segment_pages: usize,
     /// Most pages one tier-2 fault installs (neighbours in consecutive slots), 1 = off.

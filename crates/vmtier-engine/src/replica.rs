@@ -323,6 +323,10 @@ impl Pager {
                 }
                 stored.push(DeltaPage { page, home, crc });
             }
+        } else if stored.iter().any(|d| matches!(d.home, Home::Ssd(_))) {
+            // Slots written outside the checkpoint (evictions, precleaning) that it names only by
+            // location: durable before the commit references them.
+            self.ssd.sync().map_err(EngineError::SyncTier2)?;
         }
         stored.sort_unstable_by_key(|d| d.page);
         Ok(stored)

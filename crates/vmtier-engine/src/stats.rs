@@ -65,6 +65,8 @@ pub struct Stats {
     pub prefetch_dropped: AtomicU64,
     /// Captured checkpoint copies adopted as their page's home (the page became clean).
     pub checkpoint_adopted: AtomicU64,
+    /// Dirty pages written to tier 2 ahead of their demotion (`Engine::preclean`).
+    pub precleaned: AtomicU64,
     /// Bytes the MTM keeps for its decisions (per-page statistics, targets, the policy's own).
     pub mtm_scratch_bytes: AtomicU64,
     latency_ns: Mutex<Histogram<u64>>,
@@ -102,6 +104,7 @@ impl Default for Stats {
             prefetch_wasted: z(),
             prefetch_dropped: z(),
             checkpoint_adopted: z(),
+            precleaned: z(),
             mtm_scratch_bytes: z(),
             latency_ns: Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid histogram bounds")),
         }

@@ -353,3 +353,71 @@ fn heat_lists_the_hottest_observed_pages() {
     assert!(heat.iter().all(|h| h.0 < 50 && h.1 > 0));
     assert_eq!(engine.heat(1000).len(), 50);
 }
+
+/// Precleaning (claim 2): dirty pages next in line for demotion go to tier 2 early and stay
+/// resident, clean and write-protected; the next checkpoint names them by location without
+/// copying them, and a write after the preclean is seen (the page is dirty again and copied).
+#[test]
+fn precleaned_pages_travel_as_metadata_and_writes_after_are_seen() {
+    let (mut cfg, _dir) = replicating(128, 64);
+    // The candidates are the MTM's demotion victims.
+    cfg.mtm.enabled = true;
+    let engine = Engine::start(cfg.clone()).expect("start");
+    let mem = engine.guest_words();
+    for p in 0..100 {
+        write_page(mem, p, 1);
+    }
+    checkpoint(&engine, true);
+    // Dirty again; DRAM holds 64 of the 100, so the MTM has demotion victims among them.
+    for p in 0..100 {
+        write_page(mem, p, 2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let n = loop {
+        let n = engine.preclean(16).expect("preclean");
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "nothing to preclean in 20 s");
+        for p in 64..100 {
+            write_page(mem, p, 2);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(engine.snapshot().precleaned, n as u64);
+    let precleaned: Vec<usize> = (0..100)
+        .filter(|&p| {
+            let v = engine.page(p).unwrap();
+            v.resident() && !v.dirty() && matches!(v.home(), Home::Ssd(_))
+        })
+        .collect();
+    assert!(!precleaned.is_empty() && precleaned.len() <= n, "{precleaned:?} of {n}");
+    // Their stored copies hold what DRAM holds.
+    for &p in &precleaned {
+        let (file, off) = common::tier2_location(&engine, p);
+        let mut got = vec![0u8; PAGE_SIZE];
+        File::open(&file).unwrap().read_exact_at(&mut got, off).unwrap();
+        assert!(got == page_bytes(p, 2), "page {p}'s precleaned copy differs");
+    }
+    // The next checkpoint carries them as locations, not copies.
+    let cap = engine.capture().expect("capture");
+    let copied = cap.copied_pages();
+    let delta = engine.persist(cap).expect("persist");
+    engine.finish_checkpoint(true).expect("finish");
+    for &p in &precleaned {
+        let d = delta.iter().find(|d| d.page as usize == p).expect("a precleaned page is in the delta");
+        assert_eq!(d.home, engine.page(p).unwrap().home(), "page {p}: not named by its precleaned copy");
+    }
+    assert!(copied + precleaned.len() <= delta.len());
+    // A write after the preclean makes the page dirty again: the next checkpoint copies it.
+    let p = precleaned[0];
+    write_page(mem, p, 3);
+    assert!(engine.page(p).unwrap().dirty(), "a write to a precleaned page went unseen");
+    let cap = engine.capture().expect("capture");
+    assert!(cap.copied_pages() >= 1);
+    let delta = engine.persist(cap).expect("persist");
+    engine.finish_checkpoint(true).expect("finish");
+    let d = delta.iter().find(|d| d.page as usize == p).expect("rewritten page in the delta");
+    assert_ne!(d.home, Home::Zero);
+    check_page(mem, p, 3);
+}
