@@ -88,6 +88,9 @@ struct Run {
     tier2_bytes_written: u64,
     /// What replication did; `None` for no replication.
     replication: Option<ReplRun>,
+    /// Overhead against the same round's `none` run, percent (positive is slower): a paired
+    /// comparison, less exposed to the machine's drift between rounds.
+    overhead_pct_vs_round_none: Option<f64>,
 }
 
 /// The primary's replication figures of one run.
@@ -118,6 +121,8 @@ struct Summary {
     /// `(none - throughput) / none` in percent, against the median `none` throughput: positive
     /// is slower.
     overhead_pct: f64,
+    /// The median of each round's overhead against that round's `none`.
+    paired_overhead_pct: f64,
     pause_p50_us: Option<f64>,
     pause_p99_us: Option<f64>,
     committed: Option<f64>,
@@ -303,12 +308,23 @@ fn run_one(args: &Args, root: &Path, round: u32, interval_ms: Option<u64>) -> an
             write_faults: num(engine, &["write_faults"])? as u64,
             tier2_bytes_written: num(engine, &["tier2_bytes_written"])? as u64,
             replication,
+            overhead_pct_vs_round_none: None,
         })
     };
     let run = parse().with_context(|| format!("{label}: reading the output of `{command}`"))?;
     anyhow::ensure!(run.verified, "{label}: `{command}` reported an unverified guest");
     eprintln!("bench replication: {label}: {wall_s:.1} s, {:.0} accesses/s", run.throughput);
     Ok(run)
+}
+
+/// Sets each run's overhead against its round's `none` run.
+fn pair_with_rounds(runs: &mut [Run]) {
+    let none: Vec<(u32, f64)> =
+        runs.iter().filter(|r| r.interval_ms.is_none()).map(|r| (r.round, r.throughput)).collect();
+    for r in runs.iter_mut() {
+        r.overhead_pct_vs_round_none =
+            none.iter().find(|(round, _)| *round == r.round).map(|(_, n)| (n - r.throughput) / n * 100.0);
+    }
 }
 
 /// The medians of each system's runs; `systems[0]` is `none`.
@@ -331,6 +347,7 @@ fn summarize(systems: &[Option<u64>], runs: &[Run]) -> Vec<Summary> {
                 throughput_min: t.iter().copied().fold(f64::INFINITY, f64::min),
                 throughput_max: t.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 overhead_pct: (none - throughput) / none * 100.0,
+                paired_overhead_pct: med(of(s).filter_map(|r| r.overhead_pct_vs_round_none).collect()),
                 pause_p50_us: rm(&|r| r.pause_p50_us),
                 pause_p99_us: rm(&|r| r.pause_p99_us),
                 committed: rm(&|r| r.committed as f64),
@@ -361,6 +378,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     eprintln!("bench replication: {} runs in {:.0} s", runs.len(), started.elapsed().as_secs_f64());
+    pair_with_rounds(&mut runs);
     let summary = summarize(&systems, &runs);
     let target = summary.iter().find(|s| s.interval_ms == Some(TARGET_INTERVAL_MS)).map(|s| Target {
         interval_ms: TARGET_INTERVAL_MS,
@@ -402,6 +420,7 @@ fn print_summary(args: &Args, summary: &[Summary], target: Option<&Target>) {
                 format!("{:.0}", s.throughput),
                 format!("{:.0}-{:.0}", s.throughput_min, s.throughput_max),
                 if s.interval_ms.is_none() { "-".into() } else { format!("{:+.1}%", s.overhead_pct) },
+                if s.interval_ms.is_none() { "-".into() } else { format!("{:+.1}%", s.paired_overhead_pct) },
                 opt(s.pause_p50_us, 0),
                 opt(s.pause_p99_us, 0),
                 opt(s.committed, 0),
@@ -420,6 +439,7 @@ fn print_summary(args: &Args, summary: &[Summary], target: Option<&Target>) {
             "accesses/s",
             "range",
             "overhead",
+            "paired",
             "pause p50 us",
             "pause p99 us",
             "committed",
@@ -472,12 +492,13 @@ mod tests {
                 log_bytes: 1 << 20,
                 checkpoint_adopted: 0,
             }),
+            overhead_pct_vs_round_none: None,
         }
     }
 
     #[test]
     fn overhead_is_against_the_median_none() {
-        let runs = vec![
+        let mut runs = vec![
             run(1, None, 1000.0, 0),
             run(1, Some(100), 950.0, 10),
             run(2, None, 800.0, 0),
@@ -485,6 +506,10 @@ mod tests {
             run(3, None, 900.0, 0),
             run(3, Some(100), 450.0, 10),
         ];
+        pair_with_rounds(&mut runs);
+        assert_eq!(runs[1].overhead_pct_vs_round_none, Some(5.0));
+        assert_eq!(runs[3].overhead_pct_vs_round_none, Some(100.0 * -50.0 / 800.0));
+        assert_eq!(runs[5].overhead_pct_vs_round_none, Some(50.0));
         let s = summarize(&[None, Some(100)], &runs);
         assert_eq!(s[0].throughput, 900.0);
         assert_eq!(s[0].overhead_pct, 0.0);
@@ -492,6 +517,8 @@ mod tests {
         assert_eq!(s[1].throughput, 850.0);
         assert!((s[1].overhead_pct - 100.0 * 50.0 / 900.0).abs() < 1e-9, "{}", s[1].overhead_pct);
         assert_eq!((s[1].throughput_min, s[1].throughput_max), (450.0, 950.0));
+        assert_eq!(s[1].paired_overhead_pct, 5.0);
+        assert_eq!(s[0].paired_overhead_pct, 0.0);
         assert_eq!(s[1].pages_copied_per_checkpoint, Some(4.0));
         assert_eq!(s[1].pages_metadata_only_per_checkpoint, Some(2.0));
         assert_eq!(s[1].log_mib, Some(1.0));

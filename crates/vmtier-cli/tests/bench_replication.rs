@@ -72,6 +72,9 @@ fn tiny_bench_reports_both_systems_and_sane_figures() {
     assert!(overhead.is_finite() && overhead < 100.0, "overhead {overhead}: {s}");
     let expected = (f(&summary[0], "throughput") - f(s, "throughput")) / f(&summary[0], "throughput") * 100.0;
     assert!((overhead - expected).abs() < 1e-6, "overhead {overhead}, expected {expected}");
+    // With one round, the paired overhead is the same comparison.
+    assert!((f(repl, "overhead_pct_vs_round_none") - expected).abs() < 1e-6, "{repl}");
+    assert!((f(s, "paired_overhead_pct") - expected).abs() < 1e-6, "{s}");
     assert!(f(s, "pause_p99_us") >= f(s, "pause_p50_us"), "{s}");
     assert!(f(s, "committed") >= 1.0, "{s}");
     // Not measured at 100 ms, so no verdict on the target.
