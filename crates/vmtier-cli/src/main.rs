@@ -4,6 +4,7 @@ mod baseline;
 mod bench_common;
 mod bench_fault;
 mod bench_prefetch;
+mod bench_replication;
 mod bench_sampling;
 mod bench_tiering;
 mod bench_vm;
@@ -132,6 +133,9 @@ enum Bench {
     Tiering(bench_tiering::Args),
     /// Every prefetcher on every workload: accuracy, coverage, timeliness, runtime against none.
     Prefetch(bench_prefetch::Args),
+    /// What replication costs the guest: throughput and checkpoint pauses at several intervals
+    /// against no replication.
+    Replication(bench_replication::Args),
 }
 
 /// Options shared by `demo` and `run`; they override the file's values.
@@ -302,6 +306,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { bench: Bench::Prefetch(args) } => {
             bench_prefetch::run(&args)?;
+            true
+        }
+        Command::Bench { bench: Bench::Replication(args) } => {
+            bench_replication::run(&args)?;
             true
         }
         Command::Trace { trace } => {
