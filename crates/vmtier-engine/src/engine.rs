@@ -389,7 +389,17 @@ impl Engine {
     /// of those dirty in DRAM and noting where the others' content is stored. Needs
     /// `replicate` in the config; one checkpoint at a time. See `replica.rs`.
     pub fn capture(&self) -> Result<Capture, EngineError> {
-        self.pager.capture()
+        self.pager.capture(None)
+    }
+
+    /// [`capture`](Self::capture) for a guest whose writes the caller tracks itself (KVM's
+    /// dirty log of a micro-VM), **with the guest paused**: `written` is every guest page
+    /// written since the previous capture (a superset is fine, a subset is not). Captured
+    /// pages stay writable; a copy becomes its page's home only once the page was seen
+    /// unwritten by [`crate::ADOPT_AFTER_QUIET_CAPTURES`] captures in a row. An engine uses one mode
+    /// for its whole life ([`EngineError::CaptureMode`]). See `replica.rs`.
+    pub fn capture_logged(&self, written: &[u64]) -> Result<Capture, EngineError> {
+        self.pager.capture(Some(written))
     }
 
     /// Checkpoint step 2, with the guest running again: writes and syncs the captured copies

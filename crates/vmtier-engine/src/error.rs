@@ -94,6 +94,16 @@ pub enum EngineError {
     /// A checkpoint was captured while the previous one was neither committed nor aborted.
     #[error("a checkpoint is already in flight: commit or abort it before capturing the next")]
     CheckpointInFlight,
+    /// A capture of the other write-tracking mode than the engine's earlier captures.
+    #[error(
+        "this engine's checkpoints track writes by {engine}, not {asked}: use one capture mode (`capture` or `capture_logged`) for the engine's whole life"
+    )]
+    CaptureMode {
+        /// The mode of the engine's earlier captures.
+        engine: &'static str,
+        /// The mode asked for now.
+        asked: &'static str,
+    },
     /// Syncing tier 2 for a checkpoint failed.
     #[error("syncing tier 2 for a checkpoint")]
     SyncTier2(#[source] SsdError),

@@ -31,6 +31,6 @@ pub use error::{EngineError, chain};
 pub use page_table::{Home, PageView, ReplState};
 pub use policy::Tier;
 pub use prefetch::{Prefetcher, PrefetcherKind};
-pub use replica::{Capture, DeltaPage};
+pub use replica::{ADOPT_AFTER_QUIET_CAPTURES, Capture, DeltaPage};
 pub use size::ByteSize;
 pub use vmtier_uffd::PAGE_SIZE;

@@ -17,6 +17,19 @@
 //!    replica map and frees the stored copies it superseded that the engine no longer uses;
 //!    `abort` (a failed write, a fenced log) frees the delta's copies instead.
 //!
+//! **Dirty-log mode** ([`crate::Engine::capture_logged`]). A micro-VM's writes are tracked by
+//! KVM's dirty log, which the caller hands to each capture, instead of by write-protection:
+//! write-protecting every captured page costs a WP fault per hot page rewritten after each
+//! checkpoint. The log's pages are marked changed (and dirty, if resident) and captured as
+//! above, but **not** write-protected, and not marked `CAPTURED`, so the fault handler maps them
+//! writable again after a sampling unmap. Such a copy cannot become its page's home at
+//! `persist`: the guest may have written the page since the capture, and only the next
+//! capture's log will say so. The copy belongs to the replica alone, and the page joins the
+//! *quiet* set, which counts the captures that found it unwritten. At
+//! [`ADOPT_AFTER_QUIET_CAPTURES`] in a row the page has gone cold: that capture takes it the
+//! write-protect way (protected, copied, `CAPTURED`), and `persist` adopts the copy as above.
+//! A later write is then seen by its WP fault. An engine uses one mode for its life.
+//!
 //! **Ownership of stored copies.** A tier-2 slot or tier-3 page may be referenced by the engine's
 //! page table (the page's home), by the committed replica map, or by the checkpoint in flight.
 //! It is freed only when none references it: the engine's release of an old home is skipped
@@ -31,7 +44,7 @@
 //! replication is on; nothing when it is off.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -53,6 +66,31 @@ pub struct DeltaPage {
     pub crc: u32,
 }
 
+/// In dirty-log mode, the captures in a row that must find a page unwritten before its
+/// checkpoint copy may become its home (see the [module docs](self)). Lower adopts sooner
+/// (fewer dirty pages to write at eviction) but write-protects pages that are only resting,
+/// whose next write then costs a WP fault.
+pub const ADOPT_AFTER_QUIET_CAPTURES: u8 = 10;
+
+/// How an engine's captures learn which pages the guest wrote; set by its first capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    Unset = 0,
+    WriteProtect = 1,
+    DirtyLog = 2,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Unset => "nothing yet",
+            Mode::WriteProtect => "write-protection (`capture`)",
+            Mode::DirtyLog => "the caller's dirty log (`capture_logged`)",
+        }
+    }
+}
+
 /// What the engine tracks for replication. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct ReplTrack {
@@ -64,6 +102,11 @@ pub(crate) struct ReplTrack {
     pending: Mutex<Option<HashMap<u32, u64>>>,
     /// Stored copies whose release the replica deferred.
     pub(crate) retained: AtomicU64,
+    /// The engine's capture [`Mode`].
+    mode: AtomicU8,
+    /// Dirty-log mode: pages captured without write-protection, not adopted yet → captures
+    /// since that found them unwritten.
+    quiet: Mutex<HashMap<u32, u8>>,
 }
 
 impl ReplTrack {
@@ -82,7 +125,41 @@ impl ReplTrack {
             committed: (0..pages).map(|_| AtomicU64::new(0)).collect(),
             pending: Mutex::new(None),
             retained: AtomicU64::new(0),
+            mode: AtomicU8::new(Mode::Unset as u8),
+            quiet: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Fixes the engine's capture mode at its first capture; a capture of the other mode fails.
+    fn use_mode(&self, want: Mode) -> Result<(), EngineError> {
+        match self.mode.compare_exchange(Mode::Unset as u8, want as u8, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(()),
+            Err(cur) if cur == want as u8 => Ok(()),
+            Err(cur) => {
+                let engine = if cur == Mode::WriteProtect as u8 { Mode::WriteProtect } else { Mode::DirtyLog };
+                Err(EngineError::CaptureMode { engine: engine.name(), asked: want.name() })
+            }
+        }
+    }
+
+    /// Dirty-log mode, at a capture: every quiet page not in `changed` (sorted) was unwritten
+    /// since the previous capture and counts one more; returns (and forgets) those that reach
+    /// [`ADOPT_AFTER_QUIET_CAPTURES`]. Pages in `changed` leave the set (a copy puts them back).
+    fn age_quiet(&self, changed: &[u32]) -> Vec<u32> {
+        let mut ripe = Vec::new();
+        self.quiet.lock().retain(|&page, quiet| {
+            if changed.binary_search(&page).is_ok() {
+                return false;
+            }
+            *quiet += 1;
+            if *quiet >= ADOPT_AFTER_QUIET_CAPTURES {
+                ripe.push(page);
+                return false;
+            }
+            true
+        });
+        ripe.sort_unstable();
+        ripe
     }
 
     /// Marks `page` changed: its content (a first write) or its stored location moved.
@@ -178,7 +255,7 @@ impl ReplTrack {
 
     /// DRAM used by the tracking.
     pub(crate) fn bytes(&self) -> u64 {
-        (self.changed.len() * 8 + self.committed.len() * 8) as u64
+        (self.changed.len() * 8 + self.committed.len() * 8 + self.quiet.lock().capacity() * 8) as u64
     }
 }
 
@@ -202,8 +279,9 @@ pub(crate) fn lock_page(entry: &PageEntry) -> PageGuard<'_> {
 /// written by `persist`) and the stored location of the rest.
 #[derive(Debug)]
 pub struct Capture {
-    /// Captured pages, their content back to back in `data`.
-    pub(crate) copied: Vec<(u32, Home)>,
+    /// Captured pages (page, home at capture, write-protected at capture), their content back
+    /// to back in `data`. Only a protected copy may be adopted.
+    pub(crate) copied: Vec<(u32, Home, bool)>,
     pub(crate) data: AlignedBuf,
     /// Pages that travel as metadata only.
     pub(crate) stored: Vec<DeltaPage>,
@@ -237,37 +315,63 @@ impl Pager {
         self.repl.as_ref().ok_or(EngineError::ReplicationOff)
     }
 
-    /// Step 1 of a checkpoint, with the guest paused. See the [module docs](self).
-    pub(crate) fn capture(&self) -> Result<Capture, EngineError> {
+    /// Step 1 of a checkpoint, with the guest paused. See the [module docs](self). `written`:
+    /// dirty-log mode, with the pages the guest wrote since the previous capture.
+    pub(crate) fn capture(&self, written: Option<&[u64]>) -> Result<Capture, EngineError> {
         let r = self.repl()?;
+        r.use_mode(if written.is_some() { Mode::DirtyLog } else { Mode::WriteProtect })?;
+        let pages = self.table.len() as u64;
+        if let Some(&page) = written.and_then(|w| w.iter().find(|&&p| p >= pages)) {
+            return Err(EngineError::NoSuchPage { page, pages });
+        }
         if !r.begin() {
             return Err(EngineError::CheckpointInFlight);
         }
+        for &page in written.unwrap_or_default() {
+            // Only a dirty resident page can have been written unseen: a clean one is mapped
+            // write-protected, so its first write faulted and made it dirty (and changed) before
+            // the guest went on; a page not resident was stored at its eviction, which marked it
+            // changed. So the log's other entries add nothing — and there are many: on PVM a
+            // read fault's mapping is logged as a write.
+            let g = lock_page(self.table.get(page as usize));
+            let v = g.view();
+            if v.resident() && v.dirty() {
+                r.mark(page as usize);
+            }
+        }
         let changed = r.take_changed();
+        // Dirty-log mode: quiet pages that went cold are taken the write-protect way.
+        let ripe = if written.is_some() { r.age_quiet(&changed) } else { Vec::new() };
         let mut stored = Vec::new();
         let mut to_copy = Vec::new();
         for &page in &changed {
             let g = lock_page(self.table.get(page as usize));
             let v = g.view();
             if needs_copy(v.word) {
-                to_copy.push(page);
+                to_copy.push((page, written.is_none()));
             } else {
                 r.set_pending(page, v.home());
                 stored.push(DeltaPage { page, home: v.home(), crc: v.crc });
+            }
+        }
+        for &page in &ripe {
+            // Evicted or adopted since: nothing to adopt, and the replica has its content.
+            if needs_copy(self.table.get(page as usize).view().word) {
+                to_copy.push((page, true));
             }
         }
         let mut data = AlignedBuf::zeroed(to_copy.len().max(1) * PAGE_SIZE);
         let mut copied = Vec::with_capacity(to_copy.len());
         for chunk in to_copy.chunks(CAPTURE_CHUNK) {
             let mut held = Vec::with_capacity(chunk.len());
-            for &page in chunk {
+            for &(page, protect) in chunk {
                 let g = lock_page(self.table.get(page as usize));
                 let v = g.view();
                 if needs_copy(v.word) {
                     // Until `persist` replaces it, the page's current copy stands in for the
                     // checkpoint's (and an abort knows the page was taken).
                     r.set_pending(page, v.home());
-                    held.push((page as usize, g, v.home()));
+                    held.push((page as usize, g, v.home(), protect));
                 } else {
                     // Evicted (or zeroed) between the two passes: its home has the content.
                     r.set_pending(page, v.home());
@@ -275,19 +379,28 @@ impl Pager {
                 }
             }
             // Write-protect before copying, so the next write is seen (and clears CAPTURED).
-            let pages: Vec<usize> = held.iter().map(|h| h.0).collect();
-            for (first, n) in runs(&pages) {
+            let protect: Vec<usize> = held.iter().filter(|h| h.3).map(|h| h.0).collect();
+            for (first, n) in runs(&protect) {
                 self.uffd
                     .write_protect(self.addr(first), n * PAGE_SIZE, true, false)
                     .map_err(page_err("UFFDIO_WRITEPROTECT", first))?;
             }
-            for (page, g, home) in held {
+            let mut quiet = Vec::new();
+            for (page, g, home, protect) in held {
                 let i = copied.len();
                 self.memfd
                     .read_at(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE], (page * PAGE_SIZE) as u64)
                     .map_err(page_err("pread", page))?;
-                g.set(CAPTURED);
-                copied.push((page as u32, home));
+                if protect {
+                    g.set(CAPTURED);
+                } else {
+                    // Left writable: the dirty log, not a fault, reports its next write.
+                    quiet.push(page as u32);
+                }
+                copied.push((page as u32, home, protect));
+            }
+            if !quiet.is_empty() {
+                r.quiet.lock().extend(quiet.into_iter().map(|p| (p, 0)));
             }
         }
         Ok(Capture { copied, data, stored })
@@ -303,14 +416,15 @@ impl Pager {
             let homes = self.write_slots(&data[..copied.len() * PAGE_SIZE], copied[0].0 as usize)?;
             add(&self.stats.tier2_bytes_written, (copied.len() * PAGE_SIZE) as u64);
             // Referenced by the checkpoint in flight from now on, adopted or not.
-            for (&(page, _), &(home, _)) in copied.iter().zip(&homes) {
+            for (&(page, ..), &(home, _)) in copied.iter().zip(&homes) {
                 r.set_pending(page, home);
             }
             self.ssd.sync().map_err(EngineError::SyncTier2)?;
-            for (&(page, captured_home), (home, crc)) in copied.iter().zip(homes) {
+            for (&(page, captured_home, protected), (home, crc)) in copied.iter().zip(homes) {
                 let g = lock_page(self.table.get(page as usize));
                 let v = g.view();
-                if v.word & CAPTURE_INTACT == CAPTURE_INTACT && v.home() == captured_home {
+                // Only a write-protected capture can tell that the page is unwritten since.
+                if protected && v.word & CAPTURE_INTACT == CAPTURE_INTACT && v.home() == captured_home {
                     // Unchanged since the capture: the checkpoint's copy is its content.
                     g.set_home(home, crc);
                     g.clear(DIRTY);

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use vmtier_engine::{DeltaPage, Engine, EngineConfig, Home, Inheritance, InheritedPages, PAGE_SIZE, Tier};
+use vmtier_engine::{
+    ADOPT_AFTER_QUIET_CAPTURES, DeltaPage, Engine, EngineConfig, EngineError, Home, Inheritance, InheritedPages,
+    PAGE_SIZE, Tier,
+};
 use vmtier_storage::segment;
 use vmtier_uffd::Memfd;
 
@@ -64,6 +67,14 @@ fn checkpoint(engine: &Engine, commit: bool) -> Vec<DeltaPage> {
     let cap = engine.capture().expect("capture");
     let delta = engine.persist(cap).expect("persist");
     engine.finish_checkpoint(commit).expect("finish");
+    delta
+}
+
+/// A checkpoint in dirty-log mode, `written` being the guest's writes since the last one.
+fn logged_checkpoint(engine: &Engine, written: &[u64]) -> Vec<DeltaPage> {
+    let cap = engine.capture_logged(written).expect("capture_logged");
+    let delta = engine.persist(cap).expect("persist");
+    engine.finish_checkpoint(true).expect("commit");
     delta
 }
 
@@ -176,7 +187,49 @@ fn checkpoints_under_a_running_writer_with_sampling() {
     running_writer(true);
 }
 
+/// Dirty-log mode under the same writer, with sampling, and with hot pages evicted between each
+/// checkpoint's persist and the next capture: a copy adopted although the page was written
+/// after its capture would lose that write there.
+#[test]
+fn logged_checkpoints_under_a_running_writer() {
+    running_writer_logged(true);
+}
+
 fn running_writer(mtm: bool) {
+    running_writer_in(mtm, false);
+}
+
+fn running_writer_logged(mtm: bool) {
+    running_writer_in(mtm, true);
+}
+
+/// The dirty log of the in-process guest: one bit per page, set after each write.
+struct WriteLog(Vec<AtomicU64>);
+
+impl WriteLog {
+    fn new(pages: usize) -> Self {
+        Self((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn note(&self, page: usize) {
+        self.0[page / 64].fetch_or(1 << (page % 64), Ordering::Relaxed);
+    }
+
+    /// The pages written since the last call, clearing the log (as `KVM_GET_DIRTY_LOG` does).
+    fn take(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (w, word) in self.0.iter().enumerate() {
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                out.push(w as u64 * 64 + u64::from(bits.trailing_zeros()));
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+}
+
+fn running_writer_in(mtm: bool, logged: bool) {
     with_deadline("checkpoints under a running writer", Duration::from_secs(120), move || {
         const PAGES: usize = 512;
         let (mut cfg, _dir) = replicating(PAGES as u64, 96);
@@ -191,8 +244,10 @@ fn running_writer(mtm: bool) {
         // The guest holds the read side while it writes a page; a pause takes the write side.
         let pause = Arc::new(RwLock::new(()));
         let stop = Arc::new(AtomicU64::new(0));
+        let log = Arc::new(WriteLog::new(PAGES));
         let writer = {
-            let (engine, model, pause, stop) = (engine.clone(), model.clone(), pause.clone(), stop.clone());
+            let (engine, model, pause, stop, log) =
+                (engine.clone(), model.clone(), pause.clone(), stop.clone(), log.clone());
             std::thread::spawn(move || {
                 let mem = engine.guest_words();
                 let mut x = 0x1234_5678u64;
@@ -209,6 +264,7 @@ fn running_writer(mtm: bool) {
                     // fault) may map the page before the write reaches it.
                     std::hint::black_box(mem[p * common::WORDS].load(Ordering::Relaxed));
                     write_page(mem, p, version);
+                    log.note(p);
                     model[p].store(version, Ordering::Relaxed);
                 }
             })
@@ -220,11 +276,21 @@ fn running_writer(mtm: bool) {
             std::thread::sleep(Duration::from_millis(20));
             let (cap, at_pause) = {
                 let _paused = pause.write().unwrap();
-                let cap = engine.capture().expect("capture");
+                let cap = if logged {
+                    engine.capture_logged(&log.take()).expect("capture_logged")
+                } else {
+                    engine.capture().expect("capture")
+                };
                 (cap, model.iter().map(|v| v.load(Ordering::Relaxed)).collect::<Vec<_>>())
             };
             let delta = engine.persist(cap).expect("persist");
             engine.finish_checkpoint(true).expect("commit");
+            if logged {
+                // Hot pages leave DRAM while the guest runs on: clean ones without a write.
+                for p in (checkpoints % 8..64).step_by(8) {
+                    let _ = engine.move_page(p, Tier::Ssd);
+                }
+            }
             apply(&mut map, &delta);
             check_map(&cfg, &map, &at_pause, &format!("checkpoint {}", checkpoints + 1));
             checkpoints += 1;
@@ -234,7 +300,94 @@ fn running_writer(mtm: bool) {
         assert!(checkpoints >= 10, "only {checkpoints} checkpoints in 3 s");
         let s = engine.snapshot();
         assert!(s.demotions > 0, "the test needs eviction during checkpoints");
+        // No write was lost on the way either.
+        let mem = engine.guest_words();
+        for (p, v) in model.iter().enumerate() {
+            check_page(mem, p, v.load(Ordering::Relaxed));
+        }
+        eprintln!(
+            "{checkpoints} checkpoints, logged={logged}: wp faults {}, adopted {}, demotions {}",
+            s.write_faults, s.checkpoint_adopted, s.demotions
+        );
     });
+}
+
+/// Dirty-log mode: a page adopts its checkpoint copy (becomes clean) only after
+/// `ADOPT_AFTER_QUIET_CAPTURES` captures in a row found it unwritten; a write in between starts
+/// the count again; an adopted page's next write is seen by a WP fault and goes into the next
+/// checkpoint. Modes do not mix.
+#[test]
+fn logged_capture_adopts_only_pages_quiet_long_enough() {
+    const PAGES: usize = 64;
+    let n = usize::from(ADOPT_AFTER_QUIET_CAPTURES);
+    let (cfg, _dir) = replicating(PAGES as u64, PAGES as u64);
+    let engine = Engine::start(cfg.clone()).expect("start");
+    let mem = engine.guest_words();
+    let mut model = vec![0u64; PAGES];
+    for (p, value) in model.iter_mut().enumerate().take(32) {
+        write_page(mem, p, 1);
+        *value = 1;
+    }
+    let mut map = ReplicaMap::new();
+    let first: Vec<u64> = (0..32).collect();
+    apply(&mut map, &logged_checkpoint(&engine, &first));
+    check_map(&cfg, &map, &model, "logged checkpoint 1");
+    assert!(matches!(engine.capture(), Err(EngineError::CaptureMode { .. })), "capture() after capture_logged()");
+    assert!(matches!(engine.capture_logged(&[PAGES as u64]), Err(EngineError::NoSuchPage { .. })));
+    let adopted = || engine.snapshot().checkpoint_adopted;
+    for k in 2..=n {
+        let mut written = Vec::new();
+        if k == 4 {
+            // Page 3 is rewritten: no fault (it stays writable), only the log tells.
+            let wp = engine.snapshot().write_faults;
+            write_page(mem, 3, 2);
+            model[3] = 2;
+            assert_eq!(engine.snapshot().write_faults, wp, "a captured page was write-protected in dirty-log mode");
+            written.push(3);
+        }
+        let delta = logged_checkpoint(&engine, &written);
+        assert_eq!(delta.iter().map(|d| d.page as u64).collect::<Vec<_>>(), written, "checkpoint {k}");
+        apply(&mut map, &delta);
+        check_map(&cfg, &map, &model, &format!("logged checkpoint {k}"));
+        assert_eq!(adopted(), 0, "a copy adopted after {} quiet captures", k - 1);
+        assert!(engine.page(0).unwrap().dirty());
+    }
+    // The 10th quiet capture takes the 31 cold pages the write-protect way; persist adopts them.
+    let delta = logged_checkpoint(&engine, &[]);
+    assert_eq!(delta.len(), 31);
+    apply(&mut map, &delta);
+    check_map(&cfg, &map, &model, "checkpoint of the adoption");
+    assert_eq!(adopted(), 31);
+    assert!(!engine.page(0).unwrap().dirty() && engine.page(3).unwrap().dirty());
+    // Page 3 goes quiet too, three captures later (its count restarted at checkpoint 4).
+    for _ in 0..3 {
+        apply(&mut map, &logged_checkpoint(&engine, &[]));
+    }
+    assert_eq!(adopted(), 32);
+    // An adopted page is write-protected again: its next write faults, and is in the next
+    // checkpoint even if the caller's log missed it.
+    let wp = engine.snapshot().write_faults;
+    write_page(mem, 7, 3);
+    model[7] = 3;
+    assert_eq!(engine.snapshot().write_faults, wp + 1, "an adopted page was not write-protected");
+    assert!(engine.page(7).unwrap().dirty());
+    let delta = logged_checkpoint(&engine, &[]);
+    assert_eq!(delta.iter().map(|d| d.page).collect::<Vec<_>>(), vec![7]);
+    apply(&mut map, &delta);
+    check_map(&cfg, &map, &model, "checkpoint after a write to an adopted page");
+    for (p, &v) in model.iter().enumerate() {
+        check_page(mem, p, v);
+    }
+}
+
+#[test]
+fn write_protect_capture_refuses_dirty_log_mode_after_it() {
+    let (cfg, _dir) = replicating(64, 64);
+    let engine = Engine::start(cfg).expect("start");
+    checkpoint(&engine, true);
+    let err = engine.capture_logged(&[]).expect_err("capture_logged() after capture()");
+    assert!(matches!(err, EngineError::CaptureMode { .. }), "{err}");
+    assert!(err.to_string().contains("capture_logged"), "{err}");
 }
 
 /// The failed primary's checkpoint, read from its files as a secondary would.

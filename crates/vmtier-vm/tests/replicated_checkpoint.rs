@@ -2,7 +2,8 @@
 //! the checkpoints produce (page → stored copy) reads back as exactly the VM's memory, while the
 //! engine evicts, samples and moves pages; and the guest, which checks every value it reads,
 //! finishes verified (a checkpoint that marked a page clean under a live writable mapping would
-//! lose a write).
+//! lose a write). Both ways of tracking the guest's writes: write-protection, and KVM's dirty
+//! log (`Engine::capture_logged`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,15 @@ const MEMORY: u64 = 32 << 20;
 
 #[test]
 fn checkpoint_map_equals_vm_memory_at_each_pause() {
+    checkpoints_equal_memory(false);
+}
+
+#[test]
+fn dirty_log_checkpoint_map_equals_vm_memory_at_each_pause() {
+    checkpoints_equal_memory(true);
+}
+
+fn checkpoints_equal_memory(dirty_log: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = EngineConfig::default();
     cfg.memory = ByteSize(MEMORY);
@@ -27,7 +37,7 @@ fn checkpoint_map_equals_vm_memory_at_each_pause() {
     cfg.replicate = true;
     let engine = Engine::start(cfg.clone()).unwrap();
     let spec = GuestSpec { workload: GuestWorkload::Zipf, ops: 300_000, write_fraction: 0.5, ..GuestSpec::default() };
-    let mut vm = MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions::default()).unwrap();
+    let mut vm = MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions { dirty_log }).unwrap();
     let pauser = vm.pauser();
     let done = Arc::new(AtomicBool::new(false));
     let timer = {
@@ -44,7 +54,8 @@ fn checkpoint_map_equals_vm_memory_at_each_pause() {
     let mut checkpoints = 0;
     let mut bad = Vec::new();
     let out = run_guest_with(&mut vm, &spec, &Progress::new(), Start::Boot, &mut |vm| {
-        let cap = engine.capture().unwrap();
+        let cap =
+            if dirty_log { engine.capture_logged(&vm.take_dirty_pages()?).unwrap() } else { engine.capture().unwrap() };
         checkpoints += 1;
         // Every checkpoint goes to the map; every 8th is compared with memory (the comparison
         // reads all of it, which would leave the guest no time to run if done at every pause).
@@ -95,4 +106,9 @@ fn checkpoint_map_equals_vm_memory_at_each_pause() {
         &bad[..bad.len().min(10)]
     );
     assert!(out.verified(), "{:?}", out.failure());
+    let s = engine.snapshot();
+    eprintln!(
+        "dirty_log={dirty_log}: {checkpoints} checkpoints, wp faults {}, adopted {}, demotions {}",
+        s.write_faults, s.checkpoint_adopted, s.demotions
+    );
 }

@@ -5,7 +5,7 @@
 //! 1. a timer pauses the vCPU every interval, and three quarters into it precleans (writes to
 //!    tier 2 early) as many dirty pages next in line for demotion as were demoted during the
 //!    last interval;
-//! 2. on the vCPU thread, with the vCPU stopped: save its state and [`Engine::capture`] the
+//! 2. on the vCPU thread, with the vCPU stopped: save its state and [`Engine::capture_logged`] the
 //!    pages changed since the last checkpoint (dirty ones copied, the rest as locations), then
 //!    resume — this is the guest's pause;
 //! 3. the committer thread, with the guest running: [`Engine::persist`] (write and sync the
@@ -217,8 +217,9 @@ pub fn serve(
     let (tx, rx) = mpsc::sync_channel::<Captured>(1);
     let beater = writer.heartbeater();
     let last_committed = AtomicU64::new(0);
-    let mut vm =
-        MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions::default()).context("creating the micro-VM")?;
+    // KVM's dirty log tracks the guest's writes between checkpoints (`Engine::capture_logged`).
+    let mut vm = MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions { dirty_log: true })
+        .context("creating the micro-VM")?;
     let pauser = vm.pauser();
     let progress = Progress::new();
     let started = Instant::now();
@@ -293,7 +294,9 @@ pub fn serve(
             }
             let t = Instant::now();
             let vcpu = vm.save_vcpu()?.to_bytes();
-            let capture = engine.capture().map_err(|e| VmError::Checkpoint(vmtier_engine::chain(&e)))?;
+            let capture = engine
+                .capture_logged(&vm.take_dirty_pages()?)
+                .map_err(|e| VmError::Checkpoint(vmtier_engine::chain(&e)))?;
             pauses.lock().unwrap().push(t.elapsed().as_nanos() as u64);
             // Outside the measured pause: only crash tests keep a check log.
             let digest = if keep_digests {
