@@ -127,7 +127,8 @@ impl Chain {
 enum Line {
     Capture { epoch: u64, seq: u64, digest: String },
     Commit { epoch: u64, seq: u64 },
-    Resume { epoch: u64, seq: u64, digest: String },
+    Claim { new_epoch: u64 },
+    Resume { epoch: u64, seq: u64, digest: String, new_epoch: u64 },
 }
 
 fn parse(line: &str) -> Line {
@@ -137,7 +138,8 @@ fn parse(line: &str) -> Line {
     match f[0] {
         "capture" => Line::Capture { epoch: num(1), seq: num(2), digest: digest() },
         "commit" => Line::Commit { epoch: num(1), seq: num(2) },
-        "resume" => Line::Resume { epoch: num(1), seq: num(2), digest: digest() },
+        "claim" => Line::Claim { new_epoch: num(1) },
+        "resume" => Line::Resume { epoch: num(1), seq: num(2), digest: digest(), new_epoch: num(4) },
         _ => panic!("bad line {line:?}"),
     }
 }
@@ -150,14 +152,18 @@ struct Checked {
 }
 
 /// Every resume matches the newest capture of its checkpoint before it and is no older than any
-/// commit before it. The error names the first line that breaks this.
+/// commit before its claim. (A slow takeover can be overtaken by a newer one that claims,
+/// resumes and commits before the first writes its resume line; the first is fenced and never
+/// commits.) The error names the first line that breaks this.
 fn check(lines: &[String]) -> Result<Checked, String> {
     let mut captures: HashMap<(u64, u64), String> = HashMap::new();
     let mut newest_commit = 0u64;
+    // The newest commit logged before each claim.
+    let mut at_claim: HashMap<u64, u64> = HashMap::new();
     let mut out = Checked::default();
     for (n, text) in lines.iter().enumerate() {
         // A SIGKILL can cut the file's last line short; it is not evidence of anything.
-        if n + 1 == lines.len() && text.split(' ').count() < 3 {
+        if n + 1 == lines.len() && text.split(' ').count() < 2 {
             break;
         }
         let n = n + 1;
@@ -169,7 +175,13 @@ fn check(lines: &[String]) -> Result<Checked, String> {
                 newest_commit = newest_commit.max(seq);
                 out.commits += 1;
             }
-            Line::Resume { epoch, seq, digest } => {
+            Line::Claim { new_epoch } => {
+                at_claim.insert(new_epoch, newest_commit);
+            }
+            Line::Resume { epoch, seq, digest, new_epoch } => {
+                let Some(&committed) = at_claim.get(&new_epoch) else {
+                    return Err(format!("line {n}: a resume by epoch {new_epoch}, which claimed nothing"));
+                };
                 let Some(captured) = captures.get(&(epoch, seq)) else {
                     return Err(format!("line {n}: resumed {text:?}, a checkpoint nobody captured"));
                 };
@@ -179,9 +191,10 @@ fn check(lines: &[String]) -> Result<Checked, String> {
                          {seq} of epoch {epoch} ({captured})"
                     ));
                 }
-                if seq < newest_commit {
+                if seq < committed {
                     return Err(format!(
-                        "line {n}: resumed checkpoint {seq}, older than checkpoint {newest_commit} already committed"
+                        "line {n}: resumed checkpoint {seq}, older than checkpoint {committed} committed before the \
+                         claim of epoch {new_epoch}"
                     ));
                 }
                 out.resumes += 1;
@@ -194,12 +207,25 @@ fn check(lines: &[String]) -> Result<Checked, String> {
 #[test]
 fn the_check_catches_a_wrong_resume() {
     let lines = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let ok = check(&lines(&["capture 1 1 aa", "commit 1 1", "capture 1 2 bb", "resume 1 1 aa"])).unwrap();
+    let ok = check(&lines(&["capture 1 1 aa", "commit 1 1", "capture 1 2 bb", "claim 2", "resume 1 1 aa 2"])).unwrap();
     assert_eq!(ok.resumes, 1);
+    // Overtaken: epoch 3 claimed, resumed and committed before epoch 2 wrote its resume line.
+    let overtaken = [
+        "capture 1 1 aa",
+        "commit 1 1",
+        "claim 2",
+        "claim 3",
+        "resume 1 1 aa 3",
+        "capture 3 3 cc",
+        "commit 3 3",
+        "resume 1 1 aa 2",
+    ];
+    assert_eq!(check(&lines(&overtaken)).unwrap().resumes, 2);
     for (bad, why) in [
-        (["capture 1 1 aa", "commit 1 1", "resume 1 1 ab"], "different memory"),
-        (["capture 1 1 aa", "commit 1 1", "resume 1 2 aa"], "nobody captured"),
-        (["capture 1 2 aa", "commit 1 3", "resume 1 2 aa"], "already committed"),
+        (["capture 1 1 aa", "commit 1 1", "claim 2", "resume 1 1 ab 2"], "different memory"),
+        (["capture 1 1 aa", "commit 1 1", "claim 2", "resume 1 2 aa 2"], "nobody captured"),
+        (["capture 1 2 aa", "commit 1 3", "claim 2", "resume 1 2 aa 2"], "committed before the claim"),
+        (["capture 1 2 aa", "commit 1 2", "claim 2", "resume 1 2 aa 3"], "claimed nothing"),
     ] {
         let e = check(&lines(&bad)).expect_err(why);
         assert!(e.contains(why), "{e}");

@@ -8,11 +8,14 @@
 //! |---|---|---|
 //! | `capture E S DIGEST` | the primary of epoch `E` | before it tries to commit the checkpoint that will be log record `S`; `DIGEST` is of guest memory at the checkpoint's pause |
 //! | `commit E S` | the primary of epoch `E` | after record `S` committed |
-//! | `resume E S DIGEST` | a secondary | when it resumes the VM from record `S` (of epoch `E`); `DIGEST` is of the bytes it resumes with: its warm pages from its own DRAM, every other page read from shared storage |
+//! | `claim N` | a secondary | right after it claimed epoch `N`, before it reads the log's last records |
+//! | `resume E S DIGEST N` | the secondary that claimed epoch `N` | when it resumes the VM from record `S` (of epoch `E`); `DIGEST` is of the bytes it resumes with: its warm pages from its own DRAM, every other page read from shared storage |
 //!
 //! `DIGEST` is [`digest`] of every page's crc32c, in hex. A checker (the crash test) requires
 //! every resume to match the newest capture of the same `E S` before it, and no resume to be
-//! older than a commit before it.
+//! older than a commit before its claim. (Not before the resume line itself: a slow takeover can
+//! be overtaken by a newer one that claims, resumes and commits before the first writes its
+//! resume line; the first is fenced and never commits.)
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -73,9 +76,14 @@ impl CheckLog {
         self.line(format!("commit {epoch} {seq}"))
     }
 
-    /// `resume E S DIGEST`.
-    pub fn resume(&mut self, epoch: u64, seq: u64, digest: u64) -> anyhow::Result<()> {
-        self.line(format!("resume {epoch} {seq} {digest:016x}"))
+    /// `claim N`.
+    pub fn claim(&mut self, new_epoch: u64) -> anyhow::Result<()> {
+        self.line(format!("claim {new_epoch}"))
+    }
+
+    /// `resume E S DIGEST N`.
+    pub fn resume(&mut self, epoch: u64, seq: u64, digest: u64, new_epoch: u64) -> anyhow::Result<()> {
+        self.line(format!("resume {epoch} {seq} {digest:016x} {new_epoch}"))
     }
 }
 
@@ -99,8 +107,9 @@ mod tests {
         CheckLog::open(&p).unwrap().capture(2, 7, 0xab).unwrap();
         let mut c = CheckLog::open(&p).unwrap();
         c.commit(2, 7).unwrap();
-        c.resume(2, 7, 0xab).unwrap();
+        c.claim(3).unwrap();
+        c.resume(2, 7, 0xab, 3).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(text, "capture 2 7 00000000000000ab\ncommit 2 7\nresume 2 7 00000000000000ab\n");
+        assert_eq!(text, "capture 2 7 00000000000000ab\ncommit 2 7\nclaim 3\nresume 2 7 00000000000000ab 3\n");
     }
 }

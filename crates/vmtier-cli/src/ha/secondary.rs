@@ -191,6 +191,10 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     }
     let writer = LogWriter::claim(store.clone(), &super::holder_name()).context("claiming the log for the failover")?;
     let epoch = writer.epoch();
+    let mut check_log = args.check_log.as_deref().map(CheckLog::open).transpose()?;
+    if let Some(c) = check_log.as_mut() {
+        c.claim(epoch)?;
+    }
     store.delete(FAILOVER_REQUEST_KEY).context("clearing the failover request")?;
     follow(&mut reader, &mut map, &store).context("reading the last records")?;
     if !map.is_based() || map.vcpu().is_empty() {
@@ -218,10 +222,10 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         secondary_dram_bytes: (w.pages.len() * PAGE_SIZE) as u64,
     };
     let state = VcpuState::from_bytes(map.vcpu()).context("decoding the checkpoint's vCPU state")?;
-    if let Some(path) = &args.check_log {
+    if let Some(c) = check_log.as_mut() {
         let digest = resume_digest(&map, &w, &shared).context("checking the memory to resume with")?;
-        let (epoch, seq) = map.checkpoint();
-        CheckLog::open(path)?.resume(epoch, seq, digest)?;
+        let (ckpt_epoch, seq) = map.checkpoint();
+        c.resume(ckpt_epoch, seq, digest, epoch)?;
     }
     let inheritance = Inheritance {
         warm: w.pages.keys().map(|&p| (p, freq.get(&p).copied().unwrap_or(50))).collect(),
