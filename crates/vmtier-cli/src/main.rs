@@ -2,6 +2,7 @@
 
 mod baseline;
 mod bench_common;
+mod bench_failover;
 mod bench_fault;
 mod bench_prefetch;
 mod bench_sampling;
@@ -128,6 +129,8 @@ enum Bench {
     Tiering(bench_tiering::Args),
     /// Every prefetcher on every workload: accuracy, coverage, timeliness, runtime against none.
     Prefetch(bench_prefetch::Args),
+    /// Failover strategies side by side (hot, eager, lazy, reap, warm): time back to speed.
+    Failover(bench_failover::Args),
 }
 
 /// Options shared by `demo` and `run`; they override the file's values.
@@ -298,6 +301,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { bench: Bench::Prefetch(args) } => {
             bench_prefetch::run(&args)?;
+            true
+        }
+        Command::Bench { bench: Bench::Failover(args) } => {
+            bench_failover::run(&args)?;
             true
         }
         Command::Trace { trace } => {

@@ -103,7 +103,7 @@ pub fn run(cfg: &RunConfig, json_out: bool) -> anyhow::Result<bool> {
     }
     let engine = Engine::start(layout.engine_for(epoch, None)).context("starting the engine")?;
     let spec = cfg.workload.to_guest_spec()?;
-    let outcome = serve(&engine, writer, &spec, Start::Boot, None, &Cadence::from_config(cfg))?;
+    let outcome = serve(&engine, writer, &spec, Start::Boot, None, &Cadence::from_config(cfg), &Progress::new())?;
     outcome.print(json_out, "primary")?;
     Ok(outcome.verified)
 }
@@ -164,7 +164,7 @@ impl Served {
 
 /// Runs the guest on `engine` (booting it, or resuming a checkpoint after a failover) and
 /// replicates it through `writer` until it exits. `inherited` is the map the engine's inherited
-/// pages come from (after a failover).
+/// pages come from (after a failover); `progress` receives the guest's progress.
 pub fn serve(
     engine: &Engine,
     writer: LogWriter,
@@ -172,6 +172,7 @@ pub fn serve(
     start: Start,
     inherited: Option<&ReplicaMap>,
     cadence: &Cadence,
+    progress: &Progress,
 ) -> anyhow::Result<Served> {
     let epoch = writer.epoch();
     let report = Mutex::new(ReplicationReport { epoch, ..ReplicationReport::default() });
@@ -183,7 +184,6 @@ pub fn serve(
     let mut vm =
         MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions::default()).context("creating the micro-VM")?;
     let pauser = vm.pauser();
-    let progress = Progress::new();
     let started = Instant::now();
     let first_progress = AtomicU64::new(0);
     let out = std::thread::scope(|s| {
@@ -209,7 +209,7 @@ pub fn serve(
                 std::thread::sleep(Duration::from_micros(200));
             }
         });
-        let out = run_guest_with(&mut vm, spec, &progress, start, &mut |vm| {
+        let out = run_guest_with(&mut vm, spec, progress, start, &mut |vm| {
             if in_flight.load(Ordering::Acquire) {
                 report.lock().unwrap().skipped += 1;
                 return Ok(());

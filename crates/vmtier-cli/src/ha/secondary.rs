@@ -12,28 +12,24 @@
 //! and resumes the VM from the last committed checkpoint's vCPU state — then replicates as the
 //! new primary.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
-use vmtier_engine::{Engine, Inheritance, PAGE_SIZE};
-use vmtier_repl::{LeaseStatus, LeaseWatch, Location, LogReader, LogWriter, ReplicaMap, SharedStore};
-use vmtier_uffd::{AlignedBuf, Memfd};
-use vmtier_vm::{Start, VcpuState};
+use vmtier_engine::{Engine, PAGE_SIZE};
+use vmtier_repl::{LeaseStatus, LeaseWatch, SharedStore};
+use vmtier_vm::Start;
 
+use super::Layout;
+use super::follower::{Follower, Strategy, Takeover};
 use super::primary::{Cadence, Served};
-use super::{InheritedMap, Layout, SharedPages};
 use crate::run_config::RunConfig;
 
 /// Key of a manual failover request (`vmtier failover`).
 pub const FAILOVER_REQUEST_KEY: &str = "control/failover";
 /// Key of the secondary's status (`vmtier status`).
 pub const STATUS_KEY: &str = "status/secondary";
-/// Most pages read into the warm set per poll round, so the log is followed promptly.
-const WARM_BATCH: usize = 4096;
 
 /// Options of `vmtier secondary`.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,76 +43,6 @@ pub struct Args {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The warm set: pages held in the memory file, and the copy each holds.
-struct Warm {
-    memfd: Memfd,
-    pages: HashMap<u32, (Location, u32)>,
-    budget: usize,
-    bytes_read: u64,
-}
-
-impl Warm {
-    fn new(guest_bytes: u64, budget: usize) -> anyhow::Result<Self> {
-        let memfd = Memfd::create("vmtier-replica", guest_bytes).context("creating the replica's guest memory")?;
-        Ok(Self { memfd, pages: HashMap::new(), budget, bytes_read: 0 })
-    }
-
-    /// Drops `page`'s copy from DRAM.
-    fn drop_page(&mut self, page: u32) -> anyhow::Result<()> {
-        self.pages.remove(&page);
-        self.memfd.punch_hole(u64::from(page) * PAGE_SIZE as u64, PAGE_SIZE as u64).context("punching a warm page")
-    }
-
-    /// The pages the warm set should hold: the hottest of the primary's hot list that are not
-    /// zeros, as many as the budget allows, with their current copies.
-    fn wanted(&self, map: &ReplicaMap) -> Vec<(u32, Location, u32)> {
-        map.heat().iter().filter_map(|h| map.get(h.page).map(|(l, c)| (h.page, l, c))).take(self.budget).collect()
-    }
-
-    /// Brings the warm set closer to [`wanted`](Self::wanted): drops copies that are stale or no
-    /// longer wanted, reads up to `max_reads` missing ones.
-    fn refresh(&mut self, map: &ReplicaMap, shared: &SharedPages, max_reads: usize) -> anyhow::Result<()> {
-        let wanted = self.wanted(map);
-        let keep: HashMap<u32, (Location, u32)> = wanted.iter().map(|&(p, l, c)| (p, (l, c))).collect();
-        let stale: Vec<u32> =
-            self.pages.iter().filter(|(p, copy)| keep.get(p) != Some(copy)).map(|(&p, _)| p).collect();
-        for p in stale {
-            self.drop_page(p)?;
-        }
-        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
-        let mut reads = 0;
-        for (page, loc, crc) in wanted {
-            if reads == max_reads || self.pages.len() >= self.budget {
-                break;
-            }
-            if self.pages.contains_key(&page) {
-                continue;
-            }
-            reads += 1;
-            // A copy the primary has since replaced (and reused) fails its checksum: skip it; a
-            // later record says where the page went.
-            if let Err(e) = shared.read(loc, crc, &mut buf) {
-                tracing::debug!(page, error = %e, "warm read skipped");
-                continue;
-            }
-            self.bytes_read += PAGE_SIZE as u64;
-            self.memfd.write_at(&buf, u64::from(page) * PAGE_SIZE as u64).context("filling a warm page")?;
-            self.pages.insert(page, (loc, crc));
-        }
-        Ok(())
-    }
-
-    /// Fraction of the wanted pages that are warm and current.
-    fn coverage(&self, map: &ReplicaMap) -> f64 {
-        let wanted = self.wanted(map);
-        if wanted.is_empty() {
-            return 1.0;
-        }
-        let warm = wanted.iter().filter(|&&(p, l, c)| self.pages.get(&p) == Some(&(l, c))).count();
-        warm as f64 / wanted.len() as f64
-    }
 }
 
 /// Figures of one failover.
@@ -146,12 +72,9 @@ pub struct FailoverReport {
 /// `vmtier secondary`. Returns whether the guest, after a failover, verified everything.
 pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     let layout = Layout::new(cfg);
-    let store = layout.open_store()?;
-    let shared = SharedPages::new(layout.clone());
     let budget = (cfg.replication.secondary_dram.unwrap_or(cfg.engine.dram).0 / PAGE_SIZE as u64) as usize;
-    let mut reader = LogReader::open(store.clone()).context("opening the replication log")?;
-    let mut map = ReplicaMap::new();
-    let mut warm: Option<Warm> = None;
+    let mut follower = Follower::open(&layout, budget)?;
+    let store = follower.store().clone();
     let mut lease = LeaseWatch::new(Duration::from_millis(cfg.replication.lease_timeout_ms));
     let poll = Duration::from_millis(cfg.replication.poll_ms);
     let mut last_status = Instant::now() - Duration::from_secs(10);
@@ -159,25 +82,15 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         eprintln!("vmtier secondary: following the log at {} with {} warm pages", layout.shared.url, budget);
     }
     let reason = loop {
-        for rec in reader.poll().context("following the replication log")? {
-            map.apply_record(&rec).context("applying the replication log")?;
-        }
-        if map.is_based() {
-            if warm.is_none() {
-                warm = Some(Warm::new(map.guest_bytes(), budget)?);
-            }
-            if let Some(w) = warm.as_mut() {
-                w.refresh(&map, &shared, WARM_BATCH)?;
-            }
-        }
+        follower.poll()?;
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
-            publish_status(&*store, &map, warm.as_ref(), "following");
+            publish_status(&*store, &follower, "following");
         }
         if store.get(FAILOVER_REQUEST_KEY).context("reading the failover request")?.is_some() {
             break "requested";
         }
-        if !args.manual && map.is_based() && matches!(lease.poll(&*store), Ok(LeaseStatus::Expired { .. })) {
+        if !args.manual && follower.map().is_based() && matches!(lease.poll(&*store), Ok(LeaseStatus::Expired { .. })) {
             break "lease-expired";
         }
         std::thread::sleep(poll);
@@ -186,47 +99,25 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     if !args.json {
         eprintln!("vmtier secondary: failing over ({reason})");
     }
-    let writer = LogWriter::claim(store.clone(), &super::holder_name()).context("claiming the log for the failover")?;
+    let writer = follower.claim(&super::holder_name())?;
     let epoch = writer.epoch();
     store.delete(FAILOVER_REQUEST_KEY).context("clearing the failover request")?;
-    for rec in reader.poll().context("reading the last records")? {
-        map.apply_record(&rec).context("applying the last records")?;
-    }
-    if !map.is_based() || map.vcpu().is_empty() {
-        bail!("the log holds no complete checkpoint to resume from");
-    }
-    let mut w = match warm {
-        Some(w) => w,
-        None => Warm::new(map.guest_bytes(), budget)?,
-    };
-    // Copies a last record replaced are dropped rather than read again: resuming comes first.
-    let stale: Vec<u32> = w.pages.iter().filter(|(p, copy)| map.get(**p) != Some(**copy)).map(|(&p, _)| p).collect();
-    for p in stale {
-        w.drop_page(p)?;
-    }
-    let freq: HashMap<u32, u8> = map.heat().iter().map(|h| (h.page, h.freq)).collect();
     let report = FailoverReport {
         epoch,
         reason,
-        resumed_seq: map.seq(),
+        resumed_seq: follower.map().seq(),
         takeover_s: 0.0,
-        warm_pages: w.pages.len(),
-        mapped_pages: map.len(),
-        warm_coverage: w.coverage(&map),
-        warm_bytes_read: w.bytes_read,
-        secondary_dram_bytes: (w.pages.len() * PAGE_SIZE) as u64,
+        warm_pages: follower.warm_pages(),
+        mapped_pages: follower.map().len(),
+        warm_coverage: follower.warm_coverage(),
+        warm_bytes_read: follower.warm_bytes_read(),
+        secondary_dram_bytes: (follower.warm_pages() * PAGE_SIZE) as u64,
     };
-    let state = VcpuState::from_bytes(map.vcpu()).context("decoding the checkpoint's vCPU state")?;
-    let inheritance = Inheritance {
-        warm: w.pages.keys().map(|&p| (p, freq.get(&p).copied().unwrap_or(50))).collect(),
-        stored: map.iter().map(|(p, _, _)| p).collect(),
-        memfd: w.memfd,
-        source: Arc::new(InheritedMap { map: map.clone(), pages: shared }),
-    };
+    let Takeover { inheritance, state, .. } = follower.inherit(&Strategy::Warm)?;
     let engine_cfg = layout.engine_for(epoch, None);
     let engine = Engine::start_inherited(engine_cfg, inheritance).context("starting the new primary's engine")?;
     let report = FailoverReport { takeover_s: decided.elapsed().as_secs_f64(), ..report };
-    publish_status(&*store, &map, None, "primary");
+    publish_status(&*store, &follower, "primary");
     if !args.json {
         eprintln!(
             "vmtier secondary: now primary of epoch {epoch}, resuming checkpoint {} after {:.1} ms ({} warm pages, coverage {:.0}%)",
@@ -242,8 +133,9 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         writer,
         &spec,
         Start::Resume(Box::new(state)),
-        Some(&map),
+        Some(follower.map()),
         &Cadence::from_config(cfg),
+        &vmtier_workload::Progress::new(),
     )?;
     print(&report, &served, args.json)?;
     Ok(served.verified)
@@ -274,7 +166,8 @@ fn print(report: &FailoverReport, served: &Served, json_out: bool) -> anyhow::Re
 }
 
 /// Writes the secondary's status for `vmtier status` (best effort).
-fn publish_status(store: &dyn SharedStore, map: &ReplicaMap, warm: Option<&Warm>, role: &str) {
+fn publish_status(store: &dyn SharedStore, follower: &Follower, role: &str) {
+    let map = follower.map();
     let v = json!({
         "holder": super::holder_name(),
         "role": role,
@@ -282,9 +175,9 @@ fn publish_status(store: &dyn SharedStore, map: &ReplicaMap, warm: Option<&Warm>
         "applied_epoch": map.epoch(),
         "mapped_pages": map.len(),
         "hot_pages": map.heat().len(),
-        "warm_pages": warm.map_or(0, |w| w.pages.len()),
-        "warm_budget_pages": warm.map_or(0, |w| w.budget),
-        "warm_coverage": warm.map_or(0.0, |w| w.coverage(map)),
+        "warm_pages": follower.warm_pages(),
+        "warm_budget_pages": follower.warm_budget(),
+        "warm_coverage": follower.warm_coverage(),
         "unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     });
     if let Err(e) = store.put(STATUS_KEY, v.to_string().as_bytes()) {
