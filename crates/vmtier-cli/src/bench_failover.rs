@@ -111,6 +111,8 @@ pub struct Row {
     pub secondary_dram_bytes: u64,
     /// Pages resident when the guest resumed.
     pub resident_pages_at_resume: usize,
+    /// Bytes of the claimed checkpoint's stored (non-zero) pages.
+    pub mapped_bytes: u64,
     /// Guest throughput before the failure, accesses/s.
     pub pre_failure_accesses_per_s: f64,
     /// Guest throughput over the last `window_ms` of the run after resume, accesses/s.
@@ -332,6 +334,7 @@ fn one_failover(
             bytes_read: pre_read + snap.bytes_read,
             secondary_dram_bytes: dram_before,
             resident_pages_at_resume: resident,
+            mapped_bytes: (follower.map().len() * PAGE_SIZE) as u64,
             pre_failure_accesses_per_s: pre_rate,
             final_accesses_per_s: last_rate,
             run,
