@@ -129,6 +129,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--secondary-dram {} must be between one page and --memory {}", args.secondary_dram, args.memory);
     }
     let mut rows = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for wl in &args.workloads {
         let workload = match wl.as_str() {
             "zipf" => GuestWorkload::Zipf,
@@ -143,14 +144,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
             let out = one_failover(args, wl, workload, &strategies, &dir, run);
             let _ = std::fs::remove_dir_all(&dir);
-            rows.extend(out?);
+            match out {
+                Ok(r) => rows.extend(r),
+                Err(e) => {
+                    // The other runs still say something; the command fails at the end.
+                    eprintln!("bench failover: {wl}, run {} FAILED: {e:#}", run + 1);
+                    failures.push(format!("{wl} run {}: {e:#}", run + 1));
+                }
+            }
         }
     }
     let _ = std::fs::remove_dir(&args.dir);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "args": args_json(args) }))?);
+        let doc = serde_json::json!({ "rows": rows, "failures": failures, "args": args_json(args) });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_tables(args, &rows);
+    }
+    if !failures.is_empty() {
+        bail!("{} run(s) failed (their rows are missing): {}", failures.len(), failures.join("; "));
     }
     Ok(())
 }
@@ -485,10 +497,10 @@ fn print_tables(args: &Args, rows: &[Row]) {
                 vec![
                     n.to_string(),
                     fmt_s(m.first),
-                    if m.reached == m.runs {
-                        fmt_s(m.t90)
-                    } else {
-                        format!("> {:.0} ms ({}/{})", args.after_s * 1e3, m.reached, m.runs)
+                    match m.t90 {
+                        Some(t) if t.is_finite() && m.reached == m.runs => fmt_s(Some(t)),
+                        Some(t) if t.is_finite() => format!("{} ({}/{} got back)", fmt_s(Some(t)), m.reached, m.runs),
+                        _ => format!("> {:.0} ms ({}/{} got back)", args.after_s * 1e3, m.reached, m.runs),
                     },
                     ratio(n, "hot"),
                     format!("{:.0}", m.faults),
@@ -504,11 +516,11 @@ fn print_tables(args: &Args, rows: &[Row]) {
         // Targets, where both sides were measured.
         let warm = meds.iter().find(|(n, _)| *n == "warm").map(|(_, m)| m);
         let Some(w) = warm else { continue };
-        let wt = w.t90;
+        let wt = w.t90.filter(|t| t.is_finite());
         let check = |label: String, ok: Option<bool>| {
             println!("  target {label}: {}", ok.map_or("not measured", |b| if b { "met" } else { "NOT met" }));
         };
-        if let Some(h) = t90("hot") {
+        if let Some(h) = t90("hot").filter(|h| h.is_finite()) {
             let half = w.dram <= args.memory.0 as f64 / 2.0;
             check(
                 format!(
@@ -523,8 +535,9 @@ fn print_tables(args: &Args, rows: &[Row]) {
         let faster = |base: &str, x: f64| {
             let Some((_, b)) = meds.iter().find(|(n, _)| *n == base) else { return };
             // A baseline that never got back counts as the whole window: a lower bound.
-            let bt = b.t90.unwrap_or(args.after_s);
-            let bound = if b.t90.is_none() { ">= " } else { "" };
+            let finite = b.t90.filter(|t| t.is_finite());
+            let bt = finite.unwrap_or(args.after_s);
+            let bound = if finite.is_none() { ">= " } else { "" };
             let ok = wt.map(|wt| bt / wt >= x);
             let r = wt.map_or("-".into(), |wt| format!("{bound}{:.1}x", bt / wt));
             check(format!("warm >= {x}x faster than {base} ({r})"), ok);

@@ -124,7 +124,7 @@ fn fill(memfd: &Memfd, pages: &[(u32, Location, u32)], shared: &SharedPages) -> 
     let mut read = Vec::with_capacity(pages.len());
     for (i, (&(page, loc, crc), r)) in pages.iter().zip(results).enumerate() {
         if let Err(e) = r {
-            tracing::debug!(page, error = %e, "warm read skipped");
+            tracing::debug!(page, ?loc, error = %e, "page read skipped");
             continue;
         }
         memfd
@@ -281,8 +281,17 @@ impl Follower {
                 let memfd = Memfd::create("vmtier-guest", map.guest_bytes()).context("creating guest memory")?;
                 let (read, bytes) = fill(&memfd, &wanted, &self.shared)?;
                 if read.len() != wanted.len() {
+                    let got: std::collections::HashSet<u32> = read.iter().map(|&(p, _, _)| p).collect();
+                    let (page, loc, crc) = *wanted.iter().find(|(p, _, _)| !got.contains(p)).expect("a missing page");
+                    let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+                    let why = self
+                        .shared
+                        .read(loc, crc, &mut buf)
+                        .err()
+                        .map_or("read fine on retry".into(), |e| e.to_string());
                     bail!(
-                        "{} of {} pages of the claimed checkpoint could not be read from shared storage",
+                        "{} of {} pages of the claimed checkpoint could not be read from shared storage; \
+                         the first, page {page} at {loc:?} (crc {crc:#010x}): {why}",
                         wanted.len() - read.len(),
                         wanted.len()
                     );
