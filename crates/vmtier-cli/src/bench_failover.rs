@@ -459,7 +459,8 @@ fn med(rows: &[&Row]) -> Med {
     let all = |f: &dyn Fn(&Row) -> f64| median(&rows.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0);
     Med {
         first: opt(&|r| r.time_to_first_progress_s),
-        t90: opt(&|r| r.time_to_90pct_s),
+        // A run that never got back counts as infinitely slow: the median stays a bound.
+        t90: median(&rows.iter().map(|r| r.time_to_90pct_s.unwrap_or(f64::INFINITY)).collect::<Vec<_>>()),
         faults: all(&|r| r.faults_after as f64),
         bytes: all(&|r| r.bytes_read as f64),
         dram: all(&|r| r.secondary_dram_bytes as f64),
@@ -487,8 +488,12 @@ fn print_tables(args: &Args, rows: &[Row]) {
         let names = ["hot", "eager", "lazy", "reap", "warm"];
         let meds: Vec<(&str, Med)> = names.iter().filter(|n| !of(n).is_empty()).map(|&n| (n, med(&of(n)))).collect();
         let t90 = |n: &str| meds.iter().find(|(m, _)| *m == n).and_then(|(_, m)| m.t90);
+        // Against a median that is a bound (runs that never got back), the ratio is one too.
+        let cap = args.after_s;
         let ratio = |n: &str, base: &str| match (t90(n), t90(base)) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b > 0.0 => format!("{:.2}x", a / b),
+            (Some(a), Some(b)) if !a.is_finite() && b.is_finite() && b > 0.0 => format!(">{:.2}x", cap / b),
+            (Some(a), Some(b)) if a.is_finite() && !b.is_finite() && a > 0.0 => format!("<{:.2}x", a / cap),
             _ => "-".into(),
         };
         let table: Vec<Vec<String>> = meds
