@@ -2,6 +2,7 @@
 
 mod baseline;
 mod bench_common;
+mod bench_failover;
 mod bench_fault;
 mod bench_prefetch;
 mod bench_replication;
@@ -136,6 +137,8 @@ enum Bench {
     /// What replication costs the guest: throughput and checkpoint pauses at several intervals
     /// against no replication.
     Replication(bench_replication::Args),
+    /// Failover strategies side by side (hot, eager, lazy, reap, warm): time back to speed.
+    Failover(bench_failover::Args),
 }
 
 /// Options shared by `demo` and `run`; they override the file's values.
@@ -310,6 +313,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { bench: Bench::Replication(args) } => {
             bench_replication::run(&args)?;
+            true
+        }
+        Command::Bench { bench: Bench::Failover(args) } => {
+            bench_failover::run(&args)?;
             true
         }
         Command::Trace { trace } => {

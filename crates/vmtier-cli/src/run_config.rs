@@ -278,6 +278,7 @@ impl WorkloadSection {
             rounds: if workload == GuestWorkload::Phases { self.phases } else { self.passes },
             skip_final_check: false,
             trace: if workload == GuestWorkload::Trace { Some(self.load_trace()?) } else { None },
+            ..GuestSpec::default()
         })
     }
 

@@ -17,7 +17,7 @@ use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::mtm::Mtm;
 use crate::page_table::{Home, PageEntry, PageTable, PageView, REFERENCED, RESIDENT};
-use crate::pager::{Pager, page_err};
+use crate::pager::{Pager, page_err, runs};
 use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
 use crate::prefetch::worker::Prefetch;
@@ -242,6 +242,7 @@ impl Engine {
                 }
             }
             let now = pager.tracker.tick();
+            let mut resident = Vec::with_capacity(warm.len());
             for (p, freq) in warm {
                 let e = pager.table.get(p as usize);
                 if let Some(g) = e.try_lock() {
@@ -254,7 +255,18 @@ impl Engine {
                         let (f, seen) = e.stats();
                         f.store(freq, Ordering::Relaxed);
                         seen.store(now as u16, Ordering::Relaxed);
+                        resident.push(p as usize);
                     }
+                }
+            }
+            // Map the warm pages now, before the guest runs: otherwise its first touch of each
+            // is a MINOR fault (~40-100 µs through KVM) instead of a plain access. Mapped
+            // write-protected, as the fault path maps a clean page, so the first write is seen.
+            // A run that cannot be mapped is left to the fault path.
+            resident.sort_unstable();
+            for (first, n) in runs(&resident) {
+                if let Err(e) = pager.uffd.continue_(uffd_base + first * PAGE_SIZE, n * PAGE_SIZE, true) {
+                    tracing::warn!(first, pages = n, error = %crate::error::chain(&e), "could not map warm pages ahead of the guest");
                 }
             }
             pager.inherited = Some(source);

@@ -460,6 +460,11 @@ fn failover_starts_from_the_committed_checkpoint() {
     }
     let s = engine.snapshot();
     assert_eq!((s.faults, s.bytes_read), (0, 0), "warm pages were faulted in again");
+    assert_eq!(s.sample_faults, 0, "warm pages were not mapped before the guest's first touch");
+    // The first write of a warm (clean) page is still seen.
+    write_page(mem, 55, 7);
+    assert_eq!(engine.snapshot().write_faults, 1, "a warm page was mapped writable");
+    assert!(engine.page(55).unwrap().dirty());
     for (p, &value) in model.iter().enumerate() {
         check_page(mem, p, value);
     }

@@ -354,15 +354,44 @@ impl SsdStore {
         let mut files = self.files.write();
         while files.len() <= index {
             let path = self.path_of_file(files.len() as u32);
-            let mut opts = OpenOptions::new();
-            opts.read(true);
-            if self.cfg.direct_io {
-                opts.custom_flags(libc::O_DIRECT);
-            }
-            let file = opts.open(&path).map_err(|source| SsdError::CreateFile { file: path.clone(), source })?;
-            files.push(Arc::new(SlotFile { file, path }));
+            files.push(Arc::new(self.open_read_only(path)?));
         }
         Ok(())
+    }
+
+    fn open_read_only(&self, path: PathBuf) -> Result<SlotFile, SsdError> {
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        if self.cfg.direct_io {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let file = opts.open(&path).map_err(|source| SsdError::CreateFile { file: path.clone(), source })?;
+        Ok(SlotFile { file, path })
+    }
+
+    /// For a reader: if the file holding `slot` is no longer the one at its path (the owner
+    /// deleted it and created it again), opens the one at the path instead. Returns whether it
+    /// did. Always `false` for the owner, whose handles are the files.
+    fn reopen_if_replaced(&self, slot: SlotId) -> Result<bool, SsdError> {
+        if !self.reader {
+            return Ok(false);
+        }
+        let index = (slot.0 / self.spf()) as usize;
+        let Some(old) = self.files.read().get(index).cloned() else {
+            return Ok(false);
+        };
+        let Ok(now) = std::fs::metadata(&old.path) else {
+            return Ok(false);
+        };
+        let held = old.file.metadata().map_err(|source| SsdError::CreateFile { file: old.path.clone(), source })?;
+        if (now.dev(), now.ino()) == (held.dev(), held.ino()) {
+            return Ok(false);
+        }
+        let fresh = Arc::new(self.open_read_only(old.path.clone())?);
+        if let Some(f) = self.files.write().get_mut(index) {
+            *f = fresh;
+        }
+        Ok(true)
     }
 
     /// The configuration the store was opened with.
@@ -550,7 +579,22 @@ impl SsdStore {
 
     /// Reads `slot` into `out` (4096 bytes) and checks it against `expected_crc`. A mismatch is
     /// [`SsdError::Corrupt`]; corrupt data is never returned as `Ok` (but `out` is overwritten).
+    ///
+    /// A reader ([`open_reader`](Self::open_reader)) whose read fails on a file the owner has
+    /// since deleted and created again ([`shrink`](Self::shrink) drops trailing empty files; a
+    /// later growth recreates them) opens the new file and reads once more: its old handle still
+    /// reads the deleted file's stale bytes.
     pub fn read(&self, slot: SlotId, expected_crc: u32, out: &mut [u8]) -> Result<(), SsdError> {
+        match self.read_once(slot, expected_crc, out) {
+            Err(e) if self.reopen_if_replaced(slot)? => {
+                tracing::debug!(slot = slot.0, error = %e, "tier 2 reader reopened a replaced slot file");
+                self.read_once(slot, expected_crc, out)
+            }
+            r => r,
+        }
+    }
+
+    fn read_once(&self, slot: SlotId, expected_crc: u32, out: &mut [u8]) -> Result<(), SsdError> {
         if out.len() != PAGE_SIZE {
             return Err(SsdError::BufferSize { op: "read", slot, len: out.len() });
         }
@@ -581,7 +625,18 @@ impl SsdStore {
     /// Like [`read_run`](Self::read_run), but only the slots with `Some(crc)` are wanted and
     /// checked; the others are read only because they lie between wanted ones (one larger read
     /// instead of several small ones) and their bytes in `out` mean nothing.
+    /// A reader retries once on a replaced file, as [`read`](Self::read) does.
     pub fn read_span(&self, first: SlotId, expected: &[Option<u32>], out: &mut [u8]) -> Result<(), SsdError> {
+        match self.read_span_once(first, expected, out) {
+            Err(e) if self.reopen_if_replaced(first)? => {
+                tracing::debug!(slot = first.0, error = %e, "tier 2 reader reopened a replaced slot file");
+                self.read_span_once(first, expected, out)
+            }
+            r => r,
+        }
+    }
+
+    fn read_span_once(&self, first: SlotId, expected: &[Option<u32>], out: &mut [u8]) -> Result<(), SsdError> {
         let n = expected.len() as u32;
         if out.len() != expected.len() * PAGE_SIZE || n == 0 || first.0 / self.spf() != (first.0 + n - 1) / self.spf() {
             return Err(SsdError::BufferSize { op: "read_span", slot: first, len: out.len() });

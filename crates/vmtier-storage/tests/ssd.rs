@@ -376,3 +376,30 @@ fn reader_sees_the_owners_pages_and_cannot_write() {
     // The reader left the owner's files alone.
     s.read(first[0].0, first[0].1, &mut out).expect("owner read");
 }
+
+/// The owner deletes a trailing empty file (`shrink`) and creates it again when it grows: a
+/// reader that had the old file open must read the new one, not the deleted file's stale bytes.
+#[test]
+fn reader_follows_a_slot_file_the_owner_deleted_and_recreated() {
+    let (_d, s) = store(4);
+    for i in 0..4 {
+        let slot = s.alloc().expect("alloc");
+        s.write(slot, &page(i)).expect("write");
+    }
+    let slot = s.alloc().expect("alloc in a second file");
+    assert_eq!(slot.0, 4);
+    let crc = s.write(slot, &page(100)).expect("write");
+    let reader = SsdStore::open_reader(s.config().clone()).expect("open reader");
+    let mut out = AlignedBuf::zeroed(PAGE_SIZE);
+    reader.read(slot, crc, &mut out).expect("reader read");
+    // The owner empties the second file, deletes it, then grows into a new one.
+    s.free(slot).expect("free");
+    s.shrink().expect("shrink");
+    let again = s.alloc().expect("alloc again");
+    assert_eq!(again, slot, "the recreated file starts at the same slot");
+    let crc2 = s.write(again, &page(200)).expect("write");
+    reader.read(again, crc2, &mut out).expect("the reader reads the recreated file");
+    assert_eq!(&out[..], &page(200)[..]);
+    let mut span = AlignedBuf::zeroed(PAGE_SIZE);
+    reader.read_span(again, &[Some(crc2)], &mut span).expect("read_span too");
+}

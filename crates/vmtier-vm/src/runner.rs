@@ -103,6 +103,8 @@ pub struct GuestSpec {
     pub skip_final_check: bool,
     /// The page trace the `trace` workload replays (`ops` is then the trace's length).
     pub trace: Option<Arc<PageTrace>>,
+    /// Operations between the guest's progress reports (each one port-I/O exit, 8–22 µs).
+    pub progress_every: u64,
 }
 
 impl Default for GuestSpec {
@@ -116,6 +118,7 @@ impl Default for GuestSpec {
             rounds: 1,
             skip_final_check: false,
             trace: None,
+            progress_every: 4096,
         }
     }
 }
@@ -247,6 +250,7 @@ pub fn boot_info_for(vm: &MicroVm<'_>, spec: &GuestSpec) -> abi::BootInfo {
     boot.zipf_s_milli = (spec.zipf_s * 1000.0).round() as u32;
     boot.rounds = spec.rounds.max(1);
     boot.skip_final_check = u32::from(spec.skip_final_check);
+    boot.progress_every = spec.progress_every.max(1);
     boot
 }
 

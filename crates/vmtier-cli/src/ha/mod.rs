@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod control;
+pub mod follower;
 pub mod primary;
 pub mod secondary;
 
@@ -22,11 +23,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use vmtier_engine::{DeltaPage, EngineConfig, Home};
+use vmtier_engine::{DeltaPage, EngineConfig, Home, PAGE_SIZE};
 use vmtier_repl::{Location, PageLoc, ReplicaMap, SharedStore};
 use vmtier_storage::SegmentLoc;
 use vmtier_storage::object::{ObjectConfig, ObjectTier};
 use vmtier_storage::ssd::{SlotId, SsdConfig, SsdStore};
+use vmtier_uffd::AlignedBuf;
 
 use crate::run_config::RunConfig;
 
@@ -156,6 +158,131 @@ impl SharedPages {
                 }
             }
         }
+    }
+
+    /// Reads many pages at once: `reqs[i]` (location, crc) into `out[i * 4096..]`, returning
+    /// each page's outcome. Tier-2 copies are sorted by slot and read in spans of neighbouring
+    /// slots (one read per span, gaps of at most [`SPAN_GAP`] slots read and discarded), on
+    /// [`READ_THREADS`] threads so that the disk sees several reads at a time; tier-3 and zero
+    /// pages go through [`read`](Self::read). A span that fails is retried page by page, so one
+    /// bad copy fails only its own page.
+    pub fn read_many(&self, reqs: &[(Location, u32)], out: &mut [u8]) -> Vec<std::io::Result<()>> {
+        assert_eq!(out.len(), reqs.len() * PAGE_SIZE, "read_many: out must hold one page per request");
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        let key = |i: &usize| match reqs[*i].0 {
+            Location::Ssd { store, slot } => (0, store, slot),
+            _ => (1, 0, 0),
+        };
+        order.sort_unstable_by_key(key);
+        // Spans of requests: indices into `order`.
+        let spf = self.layout.engine.tier2.slots_per_file;
+        let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        for k in 1..=order.len() {
+            let joins = k < order.len()
+                && match (reqs[order[k - 1]].0, reqs[order[k]].0) {
+                    (Location::Ssd { store: a, slot: x }, Location::Ssd { store: b, slot: y }) => {
+                        a == b
+                            && y > x
+                            && y - x <= SPAN_GAP
+                            && x / spf == y / spf
+                            && y - reqs_first(reqs, &order, start) < MAX_SPAN
+                    }
+                    _ => false,
+                };
+            if !joins {
+                spans.push(start..k);
+                start = k;
+            }
+        }
+        let mut results: Vec<Option<std::io::Result<()>>> = (0..reqs.len()).map(|_| None).collect();
+        let pages: Vec<std::sync::Mutex<&mut [u8]>> =
+            out.chunks_exact_mut(PAGE_SIZE).map(std::sync::Mutex::new).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: Mutex<Vec<(usize, std::io::Result<()>)>> = Mutex::new(Vec::with_capacity(reqs.len()));
+        std::thread::scope(|s| {
+            for _ in 0..READ_THREADS.min(spans.len()) {
+                s.spawn(|| {
+                    let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
+                    let mut mine = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(span) = spans.get(n) else { break };
+                        let idx: Vec<usize> = order[span.clone()].to_vec();
+                        self.read_span(reqs, &idx, &pages, &mut buf, &mut mine);
+                    }
+                    done.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+                });
+            }
+        });
+        for (i, r) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            results[i] = Some(r);
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(std::io::Error::other("page not read")))).collect()
+    }
+
+    /// Reads the requests `idx` (one span of tier-2 slots, or a single other page) into their
+    /// pages, pushing each outcome to `results`.
+    fn read_span(
+        &self,
+        reqs: &[(Location, u32)],
+        idx: &[usize],
+        pages: &[std::sync::Mutex<&mut [u8]>],
+        buf: &mut AlignedBuf,
+        results: &mut Vec<(usize, std::io::Result<()>)>,
+    ) {
+        let one_by_one = |buf: &mut AlignedBuf, results: &mut Vec<(usize, std::io::Result<()>)>| {
+            for &i in idx {
+                let (loc, crc) = reqs[i];
+                let r = self.read(loc, crc, buf);
+                if r.is_ok() {
+                    pages[i].lock().unwrap_or_else(|p| p.into_inner()).copy_from_slice(buf);
+                }
+                results.push((i, r));
+            }
+        };
+        let (Some(&first), Some(&last)) = (idx.first(), idx.last()) else { return };
+        let (Location::Ssd { store, slot: lo }, Location::Ssd { slot: hi, .. }) = (reqs[first].0, reqs[last].0) else {
+            return one_by_one(buf, results);
+        };
+        if idx.len() == 1 {
+            return one_by_one(buf, results);
+        }
+        let n = (hi - lo + 1) as usize;
+        let mut expected = vec![None; n];
+        for &i in idx {
+            if let Location::Ssd { slot, .. } = reqs[i].0 {
+                expected[(slot - lo) as usize] = Some(reqs[i].1);
+            }
+        }
+        let mut span = AlignedBuf::zeroed(n * PAGE_SIZE);
+        let ok = self.tier2(store).is_ok_and(|t| t.read_span(SlotId(lo), &expected, &mut span).is_ok());
+        if !ok {
+            return one_by_one(buf, results);
+        }
+        for &i in idx {
+            if let Location::Ssd { slot, .. } = reqs[i].0 {
+                let at = (slot - lo) as usize * PAGE_SIZE;
+                pages[i].lock().unwrap_or_else(|p| p.into_inner()).copy_from_slice(&span[at..at + PAGE_SIZE]);
+                results.push((i, Ok(())));
+            }
+        }
+    }
+}
+
+/// Most slots between two wanted ones that [`SharedPages::read_many`] reads through rather than
+/// starting a new read.
+pub const SPAN_GAP: u32 = 4;
+/// Most slots one read of [`SharedPages::read_many`] covers (256 KiB).
+const MAX_SPAN: u32 = 64;
+/// Reads [`SharedPages::read_many`] keeps in flight.
+const READ_THREADS: usize = 4;
+
+/// Slot of the first request of the span starting at `order[start]`.
+fn reqs_first(reqs: &[(Location, u32)], order: &[usize], start: usize) -> u32 {
+    match reqs[order[start]].0 {
+        Location::Ssd { slot, .. } => slot,
+        _ => 0,
     }
 }
 

@@ -124,7 +124,8 @@ pub fn run(cfg: &RunConfig, json_out: bool, check_log: Option<&Path>) -> anyhow:
     let engine = Engine::start(layout.engine_for(epoch, None)).context("starting the engine")?;
     let spec = cfg.workload.to_guest_spec()?;
     // A primary that boots afresh on a log with earlier epochs needs none of their stores.
-    let options = ServeOptions { check_log: check_log.map(Path::to_path_buf), reclaim: Some(layout.clone()) };
+    let options =
+        ServeOptions { check_log: check_log.map(Path::to_path_buf), reclaim: Some(layout.clone()), progress: None };
     let outcome = serve(&engine, writer, &spec, Start::Boot, None, &Cadence::from_config(cfg), &options)?;
     outcome.print(json_out, "primary")?;
     Ok(outcome.verified)
@@ -186,12 +187,14 @@ impl Served {
 
 /// What [`serve`] does besides replicating.
 #[derive(Debug, Clone, Default)]
-pub struct ServeOptions {
+pub struct ServeOptions<'a> {
     /// Keep a check log here (see [`super::check`]).
     pub check_log: Option<PathBuf>,
     /// Delete the stores (tier 2 and tier 3) of earlier epochs once no committed page is in
     /// them any more.
     pub reclaim: Option<Layout>,
+    /// Receives the guest's progress (a bench watches it); the guest's own otherwise.
+    pub progress: Option<&'a Progress>,
 }
 
 /// Runs the guest on `engine` (booting it, or resuming a checkpoint after a failover) and
@@ -204,8 +207,10 @@ pub fn serve(
     start: Start,
     inherited: Option<&ReplicaMap>,
     cadence: &Cadence,
-    options: &ServeOptions,
+    options: &ServeOptions<'_>,
 ) -> anyhow::Result<Served> {
+    let own_progress = Progress::new();
+    let progress = options.progress.unwrap_or(&own_progress);
     let epoch = writer.epoch();
     let check_log = options.check_log.as_deref().map(CheckLog::open).transpose()?;
     let keep_digests = check_log.is_some();
@@ -221,7 +226,6 @@ pub fn serve(
     let mut vm = MicroVm::new(GuestRam::new(engine.guest_words()), VmOptions { dirty_log: true })
         .context("creating the micro-VM")?;
     let pauser = vm.pauser();
-    let progress = Progress::new();
     let started = Instant::now();
     let first_progress = AtomicU64::new(0);
     let out = std::thread::scope(|s| {
@@ -287,7 +291,7 @@ pub fn serve(
                 std::thread::sleep(Duration::from_micros(200));
             }
         });
-        let out = run_guest_with(&mut vm, spec, &progress, start, &mut |vm| {
+        let out = run_guest_with(&mut vm, spec, progress, start, &mut |vm| {
             if in_flight.load(Ordering::Acquire) {
                 report.lock().unwrap().skipped += 1;
                 return Ok(());

@@ -12,29 +12,25 @@
 //! and resumes the VM from the last committed checkpoint's vCPU state — then replicates as the
 //! new primary.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
-use vmtier_engine::{Engine, Inheritance, PAGE_SIZE};
-use vmtier_repl::{LeaseStatus, LeaseWatch, Location, LogError, LogReader, LogWriter, ReplicaMap, SharedStore};
-use vmtier_uffd::{AlignedBuf, Memfd};
-use vmtier_vm::{Start, VcpuState};
+use vmtier_engine::{Engine, PAGE_SIZE};
+use vmtier_repl::{LeaseStatus, LeaseWatch, SharedStore};
+use vmtier_vm::Start;
 
-use super::check::{self, CheckLog};
+use super::Layout;
+use super::check::CheckLog;
+use super::follower::{Follower, Strategy, Takeover};
 use super::primary::{Cadence, ServeOptions, Served};
-use super::{InheritedMap, Layout, SharedPages};
 use crate::run_config::RunConfig;
 
 /// Key of a manual failover request (`vmtier failover`).
 pub const FAILOVER_REQUEST_KEY: &str = "control/failover";
 /// Key of the secondary's status (`vmtier status`).
 pub const STATUS_KEY: &str = "status/secondary";
-/// Most pages read into the warm set per poll round, so the log is followed promptly.
-const WARM_BATCH: usize = 4096;
 
 /// Options of `vmtier secondary`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,76 +48,6 @@ pub struct Args {
     /// check log after the failover (for crash tests; see docs/replication.md).
     #[arg(long)]
     pub check_log: Option<std::path::PathBuf>,
-}
-
-/// The warm set: pages held in the memory file, and the copy each holds.
-struct Warm {
-    memfd: Memfd,
-    pages: HashMap<u32, (Location, u32)>,
-    budget: usize,
-    bytes_read: u64,
-}
-
-impl Warm {
-    fn new(guest_bytes: u64, budget: usize) -> anyhow::Result<Self> {
-        let memfd = Memfd::create("vmtier-replica", guest_bytes).context("creating the replica's guest memory")?;
-        Ok(Self { memfd, pages: HashMap::new(), budget, bytes_read: 0 })
-    }
-
-    /// Drops `page`'s copy from DRAM.
-    fn drop_page(&mut self, page: u32) -> anyhow::Result<()> {
-        self.pages.remove(&page);
-        self.memfd.punch_hole(u64::from(page) * PAGE_SIZE as u64, PAGE_SIZE as u64).context("punching a warm page")
-    }
-
-    /// The pages the warm set should hold: the hottest of the primary's hot list that are not
-    /// zeros, as many as the budget allows, with their current copies.
-    fn wanted(&self, map: &ReplicaMap) -> Vec<(u32, Location, u32)> {
-        map.heat().iter().filter_map(|h| map.get(h.page).map(|(l, c)| (h.page, l, c))).take(self.budget).collect()
-    }
-
-    /// Brings the warm set closer to [`wanted`](Self::wanted): drops copies that are stale or no
-    /// longer wanted, reads up to `max_reads` missing ones.
-    fn refresh(&mut self, map: &ReplicaMap, shared: &SharedPages, max_reads: usize) -> anyhow::Result<()> {
-        let wanted = self.wanted(map);
-        let keep: HashMap<u32, (Location, u32)> = wanted.iter().map(|&(p, l, c)| (p, (l, c))).collect();
-        let stale: Vec<u32> =
-            self.pages.iter().filter(|(p, copy)| keep.get(p) != Some(copy)).map(|(&p, _)| p).collect();
-        for p in stale {
-            self.drop_page(p)?;
-        }
-        let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
-        let mut reads = 0;
-        for (page, loc, crc) in wanted {
-            if reads == max_reads || self.pages.len() >= self.budget {
-                break;
-            }
-            if self.pages.contains_key(&page) {
-                continue;
-            }
-            reads += 1;
-            // A copy the primary has since replaced (and reused) fails its checksum: skip it; a
-            // later record says where the page went.
-            if let Err(e) = shared.read(loc, crc, &mut buf) {
-                tracing::debug!(page, error = %e, "warm read skipped");
-                continue;
-            }
-            self.bytes_read += PAGE_SIZE as u64;
-            self.memfd.write_at(&buf, u64::from(page) * PAGE_SIZE as u64).context("filling a warm page")?;
-            self.pages.insert(page, (loc, crc));
-        }
-        Ok(())
-    }
-
-    /// Fraction of the wanted pages that are warm and current.
-    fn coverage(&self, map: &ReplicaMap) -> f64 {
-        let wanted = self.wanted(map);
-        if wanted.is_empty() {
-            return 1.0;
-        }
-        let warm = wanted.iter().filter(|&&(p, l, c)| self.pages.get(&p) == Some(&(l, c))).count();
-        warm as f64 / wanted.len() as f64
-    }
 }
 
 /// Figures of one failover.
@@ -151,12 +77,9 @@ pub struct FailoverReport {
 /// `vmtier secondary`. Returns whether the guest, after a failover, verified everything.
 pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     let layout = Layout::new(cfg);
-    let store = layout.open_store()?;
-    let shared = SharedPages::new(layout.clone());
     let budget = (cfg.replication.secondary_dram.unwrap_or(cfg.engine.dram).0 / PAGE_SIZE as u64) as usize;
-    let mut reader = LogReader::open(store.clone()).context("opening the replication log")?;
-    let mut map = ReplicaMap::new();
-    let mut warm: Option<Warm> = None;
+    let mut follower = Follower::open(&layout, budget)?;
+    let store = follower.store().clone();
     let mut lease = LeaseWatch::new(Duration::from_millis(cfg.replication.lease_timeout_ms));
     let poll = Duration::from_millis(cfg.replication.poll_ms);
     let mut last_status = Instant::now() - Duration::from_secs(10);
@@ -164,23 +87,15 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         eprintln!("vmtier secondary: following the log at {} with {} warm pages", layout.shared.url, budget);
     }
     let reason = loop {
-        follow(&mut reader, &mut map, &store).context("following the replication log")?;
-        if map.is_based() {
-            if warm.is_none() {
-                warm = Some(Warm::new(map.guest_bytes(), budget)?);
-            }
-            if let Some(w) = warm.as_mut() {
-                w.refresh(&map, &shared, WARM_BATCH)?;
-            }
-        }
+        follower.poll()?;
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
-            publish_status(&*store, &map, warm.as_ref(), "following");
+            publish_status(&*store, &follower, "following");
         }
         if store.get(FAILOVER_REQUEST_KEY).context("reading the failover request")?.is_some() {
             break "requested";
         }
-        if !args.manual && map.is_based() && matches!(lease.poll(&*store), Ok(LeaseStatus::Expired { .. })) {
+        if !args.manual && follower.map().is_based() && matches!(lease.poll(&*store), Ok(LeaseStatus::Expired { .. })) {
             break "lease-expired";
         }
         std::thread::sleep(poll);
@@ -189,54 +104,34 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     if !args.json {
         eprintln!("vmtier secondary: failing over ({reason})");
     }
-    let writer = LogWriter::claim(store.clone(), &super::holder_name()).context("claiming the log for the failover")?;
-    let epoch = writer.epoch();
     let mut check_log = args.check_log.as_deref().map(CheckLog::open).transpose()?;
-    if let Some(c) = check_log.as_mut() {
-        c.claim(epoch)?;
-    }
+    let writer = follower.claim(&super::holder_name(), |epoch| match check_log.as_mut() {
+        Some(c) => c.claim(epoch),
+        None => Ok(()),
+    })?;
+    let epoch = writer.epoch();
     store.delete(FAILOVER_REQUEST_KEY).context("clearing the failover request")?;
-    follow(&mut reader, &mut map, &store).context("reading the last records")?;
-    if !map.is_based() || map.vcpu().is_empty() {
-        bail!("the log holds no complete checkpoint to resume from");
+    if let Some(c) = check_log.as_mut() {
+        let digest = follower.resume_digest().context("checking the memory to resume with")?;
+        let (ckpt_epoch, seq) = follower.map().checkpoint();
+        c.resume(ckpt_epoch, seq, digest, epoch)?;
     }
-    let mut w = match warm {
-        Some(w) => w,
-        None => Warm::new(map.guest_bytes(), budget)?,
-    };
-    // Copies a last record replaced are dropped rather than read again: resuming comes first.
-    let stale: Vec<u32> = w.pages.iter().filter(|(p, copy)| map.get(**p) != Some(**copy)).map(|(&p, _)| p).collect();
-    for p in stale {
-        w.drop_page(p)?;
-    }
-    let freq: HashMap<u32, u8> = map.heat().iter().map(|h| (h.page, h.freq)).collect();
     let report = FailoverReport {
         epoch,
         reason,
-        resumed_seq: map.checkpoint().1,
+        resumed_seq: follower.map().checkpoint().1,
         takeover_s: 0.0,
-        warm_pages: w.pages.len(),
-        mapped_pages: map.len(),
-        warm_coverage: w.coverage(&map),
-        warm_bytes_read: w.bytes_read,
-        secondary_dram_bytes: (w.pages.len() * PAGE_SIZE) as u64,
+        warm_pages: follower.warm_pages(),
+        mapped_pages: follower.map().len(),
+        warm_coverage: follower.warm_coverage(),
+        warm_bytes_read: follower.warm_bytes_read(),
+        secondary_dram_bytes: (follower.warm_pages() * PAGE_SIZE) as u64,
     };
-    let state = VcpuState::from_bytes(map.vcpu()).context("decoding the checkpoint's vCPU state")?;
-    if let Some(c) = check_log.as_mut() {
-        let digest = resume_digest(&map, &w, &shared).context("checking the memory to resume with")?;
-        let (ckpt_epoch, seq) = map.checkpoint();
-        c.resume(ckpt_epoch, seq, digest, epoch)?;
-    }
-    let inheritance = Inheritance {
-        warm: w.pages.keys().map(|&p| (p, freq.get(&p).copied().unwrap_or(50))).collect(),
-        stored: map.iter().map(|(p, _, _)| p).collect(),
-        memfd: w.memfd,
-        source: Arc::new(InheritedMap { map: map.clone(), pages: shared }),
-    };
+    let Takeover { inheritance, state, .. } = follower.inherit(&Strategy::Warm)?;
     let engine_cfg = layout.engine_for(epoch, None);
     let engine = Engine::start_inherited(engine_cfg, inheritance).context("starting the new primary's engine")?;
     let report = FailoverReport { takeover_s: decided.elapsed().as_secs_f64(), ..report };
-    publish_status(&*store, &map, None, "primary");
+    publish_status(&*store, &follower, "primary");
     if !args.json {
         eprintln!(
             "vmtier secondary: now primary of epoch {epoch}, resuming checkpoint {} after {:.1} ms ({} warm pages, coverage {:.0}%)",
@@ -252,60 +147,12 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         writer,
         &spec,
         Start::Resume(Box::new(state)),
-        Some(&map),
+        Some(follower.map()),
         &Cadence::from_config(cfg),
-        &ServeOptions { check_log: args.check_log.clone(), reclaim: Some(layout.clone()) },
+        &ServeOptions { check_log: args.check_log.clone(), reclaim: Some(layout.clone()), progress: None },
     )?;
     print(&report, &served, args.json)?;
     Ok(served.verified)
-}
-
-/// Applies the log's new records to `map`. A secondary that fell so far behind that the primary
-/// truncated the records it still needed (`replication.full_every`) starts again from the newest
-/// full checkpoint; its warm copies stay, and are checked against the new map as usual.
-fn follow(reader: &mut LogReader, map: &mut ReplicaMap, store: &Arc<dyn SharedStore>) -> anyhow::Result<()> {
-    let records = match reader.poll() {
-        Err(LogError::TruncatedPast { next, oldest }) => {
-            tracing::warn!(
-                next,
-                oldest,
-                "fell behind the log's truncation; starting again from its newest full checkpoint"
-            );
-            *reader = LogReader::open(store.clone())?;
-            *map = ReplicaMap::new();
-            reader.poll()?
-        }
-        r => r?,
-    };
-    for rec in records {
-        map.apply_record(&rec).context("applying the replication log")?;
-    }
-    Ok(())
-}
-
-/// The digest ([`check::digest`]) of the memory the VM resumes with: warm pages from this
-/// host's DRAM, every other page read (and checksum-checked) from shared storage.
-fn resume_digest(map: &ReplicaMap, warm: &Warm, shared: &SharedPages) -> anyhow::Result<u64> {
-    let pages = map.guest_bytes() / PAGE_SIZE as u64;
-    let zero = check::zero_page_crc();
-    let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
-    let mut crcs = Vec::with_capacity(pages as usize);
-    for page in 0..pages as u32 {
-        let crc = if warm.pages.contains_key(&page) {
-            warm.memfd.read_at(&mut buf, u64::from(page) * PAGE_SIZE as u64).context("reading a warm page")?;
-            crc32c::crc32c(&buf)
-        } else {
-            match map.get(page) {
-                None | Some((Location::Zero, _)) => zero,
-                Some((loc, crc)) => {
-                    shared.read(loc, crc, &mut buf).with_context(|| format!("reading page {page} at {loc:?}"))?;
-                    crc32c::crc32c(&buf)
-                }
-            }
-        };
-        crcs.push(crc);
-    }
-    Ok(check::digest(&crcs))
 }
 
 fn print(report: &FailoverReport, served: &Served, json_out: bool) -> anyhow::Result<()> {
@@ -333,7 +180,8 @@ fn print(report: &FailoverReport, served: &Served, json_out: bool) -> anyhow::Re
 }
 
 /// Writes the secondary's status for `vmtier status` (best effort).
-fn publish_status(store: &dyn SharedStore, map: &ReplicaMap, warm: Option<&Warm>, role: &str) {
+fn publish_status(store: &dyn SharedStore, follower: &Follower, role: &str) {
+    let map = follower.map();
     let v = json!({
         "holder": super::holder_name(),
         "role": role,
@@ -341,9 +189,9 @@ fn publish_status(store: &dyn SharedStore, map: &ReplicaMap, warm: Option<&Warm>
         "applied_epoch": map.epoch(),
         "mapped_pages": map.len(),
         "hot_pages": map.heat().len(),
-        "warm_pages": warm.map_or(0, |w| w.pages.len()),
-        "warm_budget_pages": warm.map_or(0, |w| w.budget),
-        "warm_coverage": warm.map_or(0.0, |w| w.coverage(map)),
+        "warm_pages": follower.warm_pages(),
+        "warm_budget_pages": follower.warm_budget(),
+        "warm_coverage": follower.warm_coverage(),
         "unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     });
     if let Err(e) = store.put(STATUS_KEY, v.to_string().as_bytes()) {
