@@ -276,6 +276,12 @@ fn classify(path: &str, layout: Option<&Layout>) -> anyhow::Result<Target> {
              inspect it through its log: `vmtier inspect --config FILE` reads back every slot the newest checkpoint names"
         );
     }
+    if dir.join("shared").join("log").is_dir() {
+        anyhow::bail!(
+            "{path} looks like a data_dir: inspect its log with `vmtier inspect {}` or, to read back the pages too, `vmtier inspect --config FILE`",
+            dir.join("shared").display()
+        );
+    }
     anyhow::bail!("{path} is none of the kinds vmtier inspect reads: {expected}");
 }
 

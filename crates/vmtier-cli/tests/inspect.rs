@@ -264,3 +264,70 @@ fn a_path_of_no_known_kind_exits_2() {
     let out = common::vmtier_in(tmp.path(), &["inspect"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+/// A failover: epoch 2 claims the log (a fence at seq 4) and commits a full checkpoint (seq 5)
+/// whose pages stay in epoch 1's store but page 7, rewritten into its own.
+fn failover(f: &Fixture) -> LogWriter {
+    let data = f.data();
+    let store = vmtier_repl::open_store(&ObjectConfig::new(data.join("shared").to_string_lossy())).expect("store");
+    let mut log = LogWriter::claim(store, "test-host:2").expect("claim");
+    assert_eq!(log.epoch(), 2);
+    let mut cfg = SsdConfig::new(data.join("tier2").join("e000002"));
+    cfg.slots_per_file = SLOTS_PER_FILE;
+    cfg.direct_io = false;
+    let ssd = SsdStore::open(cfg).expect("tier 2");
+    let slot = ssd.alloc().unwrap();
+    let crc7 = ssd.write(slot, &page_bytes(7, 20)).unwrap();
+    ssd.sync().unwrap();
+    let mut pages: Vec<PageLoc> = f
+        .map
+        .iter()
+        .filter(|&(&p, _)| p != 7)
+        .map(|(&page, &(s, crc))| PageLoc { page, loc: Location::Ssd { store: 1, slot: s }, crc })
+        .collect();
+    pages.push(PageLoc { page: 7, loc: Location::Ssd { store: 2, slot: slot.0 }, crc: crc7 });
+    let digest = map_digest(pages.iter().map(|p| (p.page, p.crc)));
+    let full = Checkpoint { full: true, guest_bytes: 1 << 20, pages, digest, ..Checkpoint::default() };
+    assert_eq!(log.commit(&full).expect("commit"), 5);
+    log.heartbeat(5).unwrap();
+    log
+}
+
+#[test]
+fn a_failover_log_is_clean_and_its_predecessors_store_is_not_orphaned() {
+    let f = fixture();
+    let mut log = failover(&f);
+    let v = json(&f.inspect(&[]), 0);
+    assert_eq!(v["log"]["fences"], 1, "{v:#}");
+    assert_eq!(v["log"]["epochs"], serde_json::json!([1, 2]));
+    assert_eq!(v["log"]["newest_committed"]["seq"], 5);
+    assert_eq!(v["pages"]["tier2_earlier"], PAGES - 1);
+    assert_eq!(v["pages"]["tier2_own"], 1);
+    assert_eq!(v["pages"]["read_back"], PAGES);
+    assert!(v["orphans"].as_array().unwrap().is_empty(), "{v:#}");
+
+    // A checkpoint whose digest disagrees with the replayed map: the replay names it.
+    let bad = Checkpoint { guest_bytes: 1 << 20, digest: 12345, ..Checkpoint::default() };
+    assert_eq!(log.commit(&bad).expect("commit"), 6);
+    let v = json(&f.inspect(&[]), 1);
+    let ps = problems(&v);
+    assert!(ps.iter().any(|(w, k, d)| w == "replay fails" && k == &log_key(6) && d.contains("digest")), "{ps:#?}");
+    assert_eq!(v["recoverable"]["checkpoint"]["seq"], 5, "{v:#}");
+}
+
+#[test]
+fn a_full_checkpoint_after_the_damage_is_what_can_be_recovered() {
+    let f = fixture();
+    failover(&f);
+    // Damage record 2: 3..=4 cannot be replayed from 1, but 5 is full and starts over.
+    let path = f.record(2);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let v = json(&f.inspect(&[]), 1);
+    let ps = problems(&v);
+    assert!(ps.iter().any(|(_, k, _)| k == &log_key(2)), "{ps:#?}");
+    assert_eq!(v["log"]["newest_intact_before_damage"]["seq"], 1, "{v:#}");
+    assert_eq!(v["recoverable"]["checkpoint"]["seq"], 5, "{v:#}");
+    assert_eq!(v["pages"]["read_back"], PAGES);
+}
