@@ -21,6 +21,8 @@ use vmtier_storage::segment;
 use crate::ha::{Layout, SharedPages};
 use crate::run_config::RunConfig;
 
+/// Placeholder in a problem's `affects` while the log is being read (see `check_log`).
+const LOST_MARK: &str = "\0lost:";
 /// Print a progress line on stderr every this many pages read back.
 const PROGRESS_EVERY: usize = 50_000;
 
@@ -84,6 +86,10 @@ struct LogSummary {
     bytes: u64,
     /// The newest checkpoint reached by an unbroken replay from a full checkpoint.
     newest_committed: Option<CkptId>,
+    /// The full checkpoint the replay to `newest_committed` starts at.
+    replay_from: Option<u64>,
+    /// The first damaged or unreplayable record.
+    first_damage: Option<u64>,
     /// The newest checkpoint replayed before the first damaged record (if any is damaged).
     newest_intact_before_damage: Option<CkptId>,
 }
@@ -314,18 +320,24 @@ fn inspect_log(shared: &ObjectConfig, layout: Option<&Layout>) -> anyhow::Result
         r.notes
             .push("no --config: the pages of the newest checkpoint were not read back (tier locations unknown)".into());
     }
-    let log_damaged = r.log.as_ref().is_some_and(|l| l.newest_intact_before_damage.is_some())
-        || r.problems.iter().any(|p| p.key_or_location.starts_with(LOG_PREFIX));
-    let detail = match (newest, pages_ok) {
-        (None, _) => "no checkpoint can be replayed from this log: nothing to resume from".to_string(),
-        (Some(c), true) if !log_damaged => format!("{} is intact: a secondary resumes from it", ckpt_name(Some(c))),
-        (Some(c), true) => format!(
-            "{} is the newest checkpoint reachable by an unbroken replay{}; records after damage are lost",
-            ckpt_name(Some(c)),
-            if layout.is_some() { " and all its pages read back" } else { "" }
-        ),
-        (Some(c), false) => format!(
+    let first_damage = r.log.as_ref().and_then(|l| l.first_damage);
+    let replay_from = r.log.as_ref().and_then(|l| l.replay_from).unwrap_or(0);
+    let read = if layout.is_some() { ", and all its pages read back" } else { " (pages not read: no --config)" };
+    let detail = match (newest, pages_ok, first_damage) {
+        (None, _, _) => "no checkpoint can be replayed from this log: nothing to resume from".to_string(),
+        (Some(c), false, _) => format!(
             "{} replays but some of its pages are unreadable (listed above): resuming from it would lose them",
+            ckpt_name(Some(c))
+        ),
+        (Some(c), true, None) => format!("{} is intact{read}: a secondary resumes from it", ckpt_name(Some(c))),
+        (Some(c), true, Some(d)) if c.seq > d => format!(
+            "{} is intact{read}: a replay from full checkpoint {replay_from}, after the damage, reaches it, so a secondary \
+             starting now resumes from it; only a reader still behind record {d} is affected",
+            ckpt_name(Some(c))
+        ),
+        (Some(c), true, Some(d)) => format!(
+            "{} is the newest checkpoint before the damage at record {d}{read}: it is the newest state that can be \
+             recovered; the checkpoints after it are lost unless the damaged records are restored from a copy",
             ckpt_name(Some(c))
         ),
     };
@@ -405,9 +417,10 @@ fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<R
     let mut rp = Replay { map: None, chain: None, last_broken: None, damaged: false };
     let mut prev: Option<(u64, u64)> = None; // (seq, epoch) of the last record seen
     let mut epochs = BTreeSet::new();
-    let lost = |seq: u64| {
-        format!("records {seq}..={head}: they cannot be replayed past this point (until a later full checkpoint)")
-    };
+    // What a break at `seq` costs depends on the next full checkpoint, known only at the end: a
+    // placeholder, filled in after the loop.
+    let lost = |seq: u64| format!("{LOST_MARK}{seq}");
+    let mut fulls = Vec::new();
     for (i, &seq) in seqs.iter().enumerate() {
         let key = log_key(seq);
         if let Some((p, _)) = prev
@@ -481,6 +494,9 @@ fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<R
             Record::Checkpoint(c) => {
                 sum.checkpoints += 1;
                 sum.full_checkpoints += u64::from(c.full);
+                if c.full {
+                    fulls.push(seq);
+                }
                 if i == 0 && !c.full {
                     r.problem(
                         "log does not start with a full checkpoint",
@@ -527,13 +543,29 @@ fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<R
         r.notes.push("the log holds no records yet".into());
     }
     sum.epochs = epochs.into_iter().collect();
+    for p in &mut r.problems {
+        let Some(seq) = p.affects.strip_prefix(LOST_MARK).and_then(|n| n.parse::<u64>().ok()) else { continue };
+        sum.first_damage = Some(sum.first_damage.map_or(seq, |d| d.min(seq)));
+        p.affects = match fulls.iter().find(|&&f| f > seq) {
+            Some(&f) if f > seq + 1 => format!(
+                "records {seq}..={}: they cannot be replayed; a replay starts over at full checkpoint {f}",
+                f - 1
+            ),
+            Some(&f) => format!("record {seq}; a replay starts over at full checkpoint {f}"),
+            None => format!(
+                "records {seq}..={head}: they cannot be replayed (no full checkpoint after them); checkpoints from {seq} on are lost"
+            ),
+        };
+    }
     let map = match (rp.map, rp.chain, rp.last_broken) {
         (Some(m), Some(ch), _) if ch.last.is_some() => {
             sum.newest_committed = ch.last;
+            sum.replay_from = Some(ch.start);
             Some(m)
         }
         (_, _, Some(ch)) => {
             sum.newest_committed = ch.last;
+            sum.replay_from = Some(ch.start);
             replay_chain(store, ch)?
         }
         _ => None,

@@ -175,6 +175,7 @@ fn truncated_record_names_it_and_the_intact_checkpoint_before() {
     let v = json(&out, 1);
     let ps = problems(&v);
     assert!(ps.iter().any(|(w, k, d)| w == "damaged record" && k == &log_key(3) && d.contains("truncated")), "{ps:#?}");
+    assert!(ps.iter().any(|(_, _, d)| d.contains("checkpoints from 3 on are lost")), "{ps:#?}");
     assert_eq!(v["recoverable"]["checkpoint"]["seq"], 2, "{v:#}");
     // In words, too.
     let out = common::vmtier_in(&f.dir, &["inspect", "--config", f.config.to_str().unwrap()]);
@@ -326,7 +327,10 @@ fn a_full_checkpoint_after_the_damage_is_what_can_be_recovered() {
     std::fs::write(&path, bytes).unwrap();
     let v = json(&f.inspect(&[]), 1);
     let ps = problems(&v);
-    assert!(ps.iter().any(|(_, k, _)| k == &log_key(2)), "{ps:#?}");
+    assert!(
+        ps.iter().any(|(_, k, d)| k == &log_key(2) && d.contains("records 2..=4") && d.contains("full checkpoint 5")),
+        "{ps:#?}"
+    );
     assert_eq!(v["log"]["newest_intact_before_damage"]["seq"], 1, "{v:#}");
     assert_eq!(v["recoverable"]["checkpoint"]["seq"], 5, "{v:#}");
     assert_eq!(v["pages"]["read_back"], PAGES);
