@@ -335,3 +335,50 @@ fn a_full_checkpoint_after_the_damage_is_what_can_be_recovered() {
     assert_eq!(v["recoverable"]["checkpoint"]["seq"], 5, "{v:#}");
     assert_eq!(v["pages"]["read_back"], PAGES);
 }
+
+#[test]
+fn tier3_pages_of_the_checkpoint_and_every_epochs_segments_are_checked() {
+    let f = fixture();
+    let data = f.data();
+    // Page 9 moves to tier 3 of epoch 1 (checkpoint 4); an epoch-0 tier 3 is left behind.
+    let tier = ObjectTier::open(ObjectConfig::new(data.join("tier3").join("e000001").to_string_lossy())).unwrap();
+    let content = page_bytes(9, 4);
+    let (loc, crc) = tier.write_segment(&[(9, content.as_slice())]).unwrap()[0];
+    let _old = write_segments(&data.join("tier3").join("e000000"));
+    let store = vmtier_repl::open_store(&ObjectConfig::new(data.join("shared").to_string_lossy())).unwrap();
+    let mut log = LogWriter::claim(store, "test-host:3").unwrap();
+    let mut map: HashMap<u32, u32> = f.map.iter().map(|(&p, &(_, c))| (p, c)).collect();
+    map.insert(9, crc);
+    let mut pages: Vec<PageLoc> = f
+        .map
+        .iter()
+        .filter(|&(&p, _)| p != 9)
+        .map(|(&page, &(s, crc))| PageLoc { page, loc: Location::Ssd { store: 1, slot: s }, crc })
+        .collect();
+    pages.push(PageLoc { page: 9, loc: Location::Object { store: 1, segment: loc.segment, index: loc.index }, crc });
+    let digest = map_digest(map.iter().map(|(&p, &c)| (p, c)));
+    let full = Checkpoint { full: true, guest_bytes: 1 << 20, pages, digest, ..Checkpoint::default() };
+    assert_eq!(log.commit(&full).unwrap(), 5);
+
+    let v = json(&f.inspect(&[]), 0);
+    assert_eq!(v["pages"]["tier3_earlier"], 1, "{v:#}");
+    assert_eq!(v["pages"]["read_back"], PAGES);
+    let segs = v["segments"].as_array().unwrap();
+    assert_eq!(segs.len(), 2, "{v:#}");
+    let orphans = v["orphans"].as_array().unwrap();
+    assert!(orphans.iter().any(|o| o["tier"] == "tier3" && o["epoch"] == 0 && o["bytes"].as_u64() > Some(0)), "{v:#}");
+
+    // Damage page 9's copy: the segment check and the read-back both name it.
+    let seg = data.join("tier3").join("e000001").join(format!("seg-{:08x}.vts", loc.segment));
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    file.write_all_at(&[0x55; 8], vmtier_storage::segment::page_offset(loc.index) + 8).unwrap();
+    let v = json(&f.inspect(&[]), 1);
+    let ps = problems(&v);
+    assert!(
+        ps.iter().any(|(w, k, d)| w == "page does not match its checksum"
+            && k.starts_with(&format!("tier-3 page {} of segment seg-{:08x}.vts of epoch 1", loc.index, loc.segment))
+            && d.contains("guest page 9")),
+        "{ps:#?}"
+    );
+    assert!(ps.iter().any(|(w, _, _)| w == "segment page does not match its checksum"), "{ps:#?}");
+}
