@@ -3,6 +3,8 @@
 //! command must name. No KVM needed.
 
 mod common;
+#[path = "../../vmtier-storage/tests/common/s3.rs"]
+mod s3;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -223,7 +225,11 @@ fn orphaned_epoch_directory_is_reported_not_an_error() {
 }
 
 fn write_segments(dir: &Path) -> ObjectTier {
-    let tier = ObjectTier::open(ObjectConfig::new(dir.to_string_lossy())).unwrap();
+    write_segments_at(ObjectConfig::new(dir.to_string_lossy()))
+}
+
+fn write_segments_at(cfg: ObjectConfig) -> ObjectTier {
+    let tier = ObjectTier::open(cfg).unwrap();
     let pages: Vec<Vec<u8>> = (0..4).map(|p| page_bytes(p, 9)).collect();
     let refs: Vec<(u64, &[u8])> = pages.iter().enumerate().map(|(i, p)| (i as u64, p.as_slice())).collect();
     tier.write_segment(&refs).unwrap();
@@ -381,4 +387,44 @@ fn tier3_pages_of_the_checkpoint_and_every_epochs_segments_are_checked() {
         "{ps:#?}"
     );
     assert!(ps.iter().any(|(w, _, _)| w == "segment page does not match its checksum"), "{ps:#?}");
+}
+
+#[test]
+fn a_log_and_segments_in_s3() {
+    let Some(server) = s3::S3Server::start_or_skip("a_log_and_segments_in_s3") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = server.config("vm-0/ha");
+    let store = vmtier_repl::open_store(&shared).unwrap();
+    let mut log = LogWriter::claim(store, "s3-host:1").unwrap();
+    let empty = Checkpoint { full: true, guest_bytes: 1 << 20, ..Checkpoint::default() };
+    assert_eq!(log.commit(&empty).unwrap(), 1);
+    let _tier = write_segments_at(server.config("vm-0/t3"));
+    let config = tmp.path().join("vm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[replication]\nshared = {:?}\nendpoint = {:?}\nregion = \"us-east-1\"\n\
+             access_key_id = {:?}\nsecret_access_key = {:?}\nallow_http = true\n",
+            tmp.path().join("data").to_string_lossy(),
+            shared.url,
+            shared.endpoint.as_deref().unwrap(),
+            s3::ACCESS_KEY,
+            s3::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let v = json(&common::vmtier_in(tmp.path(), &["inspect", "--config", cfg, "--json"]), 0);
+    assert_eq!(v["kind"], "log");
+    assert_eq!(v["log"]["newest_committed"]["seq"], 1, "{v:#}");
+    let url = format!("s3://{}/vm-0/ha", s3::BUCKET);
+    let v = json(&common::vmtier_in(tmp.path(), &["inspect", &url, "--config", cfg, "--json"]), 0);
+    assert_eq!(v["kind"], "log");
+    let url = format!("s3://{}/vm-0/t3", s3::BUCKET);
+    let v = json(&common::vmtier_in(tmp.path(), &["inspect", &url, "--config", cfg, "--json"]), 0);
+    assert_eq!(v["kind"], "tier3");
+    assert_eq!(v["segments"][0]["segments"], 2, "{v:#}");
+    let url = format!("s3://{}/vm-0/nothing", s3::BUCKET);
+    let out = common::vmtier_in(tmp.path(), &["inspect", &url, "--config", cfg]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
