@@ -119,6 +119,9 @@ struct PageSummary {
     tier3_earlier: u64,
     read_back: u64,
     bad: u64,
+    /// Pages that failed to read back but were changed by a checkpoint committed since (a
+    /// running primary freed the old copy): not damage.
+    superseded: u64,
     /// `false` when no config gave the tier locations (pages were not read).
     checked: bool,
 }
@@ -304,15 +307,26 @@ fn ckpt_name(c: Option<CkptId>) -> String {
     }
 }
 
+/// Highest log position present.
+fn log_head(store: &dyn SharedStore) -> anyhow::Result<u64> {
+    let keys = store.list(LOG_PREFIX).context("listing the log")?;
+    Ok(keys.iter().filter_map(|k| parse_key(k, LOG_PREFIX, ".rec", log_key)).max().unwrap_or(0))
+}
+
 fn inspect_log(shared: &ObjectConfig, layout: Option<&Layout>) -> anyhow::Result<Report> {
     let store = vmtier_repl::open_store(shared).with_context(|| format!("opening the log store at {}", shared.url))?;
+    inspect_log_once(&*store, layout)
+}
+
+/// The log, the lease and the stores.
+fn inspect_log_once(store: &dyn SharedStore, layout: Option<&Layout>) -> anyhow::Result<Report> {
     let mut r = Report::new("log", store.describe());
-    let map = check_log(&*store, &mut r)?;
-    check_lease(&*store, &mut r)?;
+    let map = check_log(store, &mut r)?;
+    check_lease(store, &mut r)?;
     let newest = r.log.as_ref().and_then(|l| l.newest_committed);
     let mut pages_ok = true;
     if let Some(map) = &map {
-        pages_ok = check_pages(map, layout, &mut r);
+        pages_ok = check_pages(store, map, layout, &mut r)?;
     }
     if let Some(l) = layout {
         find_orphans(l, map.as_ref(), &mut r)?;
@@ -362,18 +376,24 @@ struct Replay {
 }
 
 impl Replay {
-    /// The chain ends here: the records after cannot be replayed until a full checkpoint.
-    fn broken(&mut self, sum: &mut LogSummary) {
+    /// The chain ends here without damage (a record truncated meanwhile): the replay starts
+    /// over at the next full checkpoint.
+    fn restart(&mut self) {
         if let Some(c) = self.chain.take()
             && c.last.is_some()
         {
             self.last_broken = Some(c);
         }
+        self.map = None;
+    }
+
+    /// The chain ends here: the records after cannot be replayed until a full checkpoint.
+    fn broken(&mut self, sum: &mut LogSummary) {
+        self.restart();
         if !self.damaged {
             sum.newest_intact_before_damage = self.last_broken.and_then(|c| c.last);
             self.damaged = true;
         }
-        self.map = None;
     }
 }
 
@@ -437,8 +457,9 @@ fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<R
         let prev_epoch = prev.map_or(0, |p| p.1);
         prev = Some((seq, prev_epoch));
         let Some(bytes) = store.get(&key).with_context(|| format!("reading {key}"))? else {
-            r.problem("record vanished while inspecting", key.clone(), "listed but not readable", lost(seq));
-            rp.broken(&mut sum);
+            // A running primary truncates the log behind its full checkpoints.
+            r.notes.push(format!("{key} was deleted while being inspected (truncated by a running primary)"));
+            rp.restart();
             continue;
         };
         sum.bytes += bytes.len() as u64;
@@ -612,7 +633,8 @@ fn check_lease(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<()> {
                     "the lease: a secondary cannot tell who holds it",
                 );
             }
-            let head = r.log.as_ref().and_then(|l| l.head_seq).unwrap_or(0);
+            // Listed again: a running primary commits before it beats.
+            let head = log_head(store)?;
             if h.last_committed > head {
                 r.problem(
                     "heartbeat names a checkpoint the log does not hold",
@@ -659,9 +681,13 @@ fn loc_name(loc: Location, layout: Option<&Layout>) -> String {
 
 /// Counts the map's pages by location kind and, with a layout, reads every one back. Returns
 /// whether every page read back intact.
-fn check_pages(map: &ReplicaMap, layout: Option<&Layout>, r: &mut Report) -> bool {
-    let (_, seq) = map.checkpoint();
-    let epoch = map.checkpoint().0;
+fn check_pages(
+    store: &dyn SharedStore,
+    map: &ReplicaMap,
+    layout: Option<&Layout>,
+    r: &mut Report,
+) -> anyhow::Result<bool> {
+    let (epoch, seq) = map.checkpoint();
     let mut s = PageSummary { checkpoint: Some(CkptId { seq, epoch }), ..PageSummary::default() };
     let mut pages: Vec<(u32, Location, u32)> = map.iter().collect();
     pages.sort_unstable_by_key(|p| p.0);
@@ -675,38 +701,78 @@ fn check_pages(map: &ReplicaMap, layout: Option<&Layout>, r: &mut Report) -> boo
             Location::Zero => {}
         }
     }
-    let mut ok = true;
-    if let Some(l) = layout {
-        s.checked = true;
-        let reader = SharedPages::new(l.clone());
-        let mut buf = vec![0u8; vmtier_storage::PAGE_SIZE];
-        let total = pages.len();
-        for (i, &(page, loc, crc)) in pages.iter().enumerate() {
-            if total >= PROGRESS_EVERY && i > 0 && i % PROGRESS_EVERY == 0 {
-                eprintln!("inspect: read back {i} of {total} pages");
-            }
-            match reader.read(loc, crc, &mut buf) {
-                Ok(()) => s.read_back += 1,
-                Err(e) => {
-                    s.bad += 1;
-                    ok = false;
-                    let what = if e.kind() == std::io::ErrorKind::InvalidData {
-                        "page does not match its checksum"
-                    } else {
-                        "page cannot be read"
-                    };
-                    r.problem(
-                        what,
-                        loc_name(loc, Some(l)),
-                        format!("guest page {page}: {e}"),
-                        format!("guest page {page} of {}", ckpt_name(Some(CkptId { seq, epoch }))),
-                    );
+    let Some(l) = layout else {
+        r.pages = Some(s);
+        return Ok(true);
+    };
+    s.checked = true;
+    let reader = SharedPages::new(l.clone());
+    let mut buf = vec![0u8; vmtier_storage::PAGE_SIZE];
+    let total = pages.len();
+    let mut failed = Vec::new();
+    for (i, &(page, loc, crc)) in pages.iter().enumerate() {
+        if total >= PROGRESS_EVERY && i > 0 && i % PROGRESS_EVERY == 0 {
+            eprintln!("inspect: read back {i} of {total} pages");
+        }
+        match reader.read(loc, crc, &mut buf) {
+            Ok(()) => s.read_back += 1,
+            Err(e) => failed.push((page, loc, crc, e)),
+        }
+    }
+    // A running primary frees a copy once a newer commit no longer references it: a failed page
+    // that a checkpoint committed after ours changed is not damage.
+    let changed = if failed.is_empty() { BTreeSet::new() } else { changed_since(store, map, seq)? };
+    for (page, loc, _, e) in failed {
+        if changed.contains(&page) {
+            s.superseded += 1;
+            continue;
+        }
+        s.bad += 1;
+        let what = if e.kind() == std::io::ErrorKind::InvalidData {
+            "page does not match its checksum"
+        } else {
+            "page cannot be read"
+        };
+        r.problem(
+            what,
+            loc_name(loc, Some(l)),
+            format!("guest page {page}: {e}"),
+            format!("guest page {page} of {}", ckpt_name(Some(CkptId { seq, epoch }))),
+        );
+    }
+    if s.superseded > 0 {
+        r.notes.push(format!(
+            "{} pages of checkpoint {seq} could not be read back but were changed by checkpoints committed since \
+             (a running primary freed their old copies); they are not counted as damage",
+            s.superseded
+        ));
+    }
+    let ok = s.bad == 0;
+    r.pages = Some(s);
+    Ok(ok)
+}
+
+/// Pages whose location or crc a checkpoint committed after `seq` changed against `map` (the
+/// log as it is now, after the pages were read).
+fn changed_since(store: &dyn SharedStore, map: &ReplicaMap, seq: u64) -> anyhow::Result<BTreeSet<u32>> {
+    let mut changed = BTreeSet::new();
+    for next in seq + 1..=log_head(store)? {
+        let Some(bytes) = store.get(&log_key(next))? else { continue };
+        let Ok(Record::Checkpoint(c)) = vmtier_repl::decode(&bytes) else { continue };
+        let listed: BTreeMap<u32, (Location, u32)> = c.pages.iter().map(|p| (p.page, (p.loc, p.crc))).collect();
+        for (page, loc, crc) in map.iter() {
+            match listed.get(&page) {
+                Some(&(l, k)) if (l, k) != (loc, crc) => {
+                    changed.insert(page);
                 }
+                None if c.full => {
+                    changed.insert(page);
+                }
+                _ => {}
             }
         }
     }
-    r.pages = Some(s);
-    ok
+    Ok(changed)
 }
 
 /// Allocated bytes of the files under `dir` (slot files are sparse).
@@ -920,5 +986,48 @@ fn print_text(r: &Report) {
     }
     if let Some(rec) = &r.recoverable {
         println!("recoverable: {}", rec.detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vmtier_repl::{Checkpoint, LogWriter, MemStore, PageLoc, map_digest};
+
+    use super::*;
+
+    fn ssd(slot: u32) -> Location {
+        Location::Ssd { store: 1, slot }
+    }
+
+    fn ckpt(full: bool, pages: &[(u32, u32, u32)], whole: &[(u32, u32)]) -> Checkpoint {
+        Checkpoint {
+            full,
+            pages: pages.iter().map(|&(page, slot, crc)| PageLoc { page, loc: ssd(slot), crc }).collect(),
+            digest: map_digest(whole.iter().copied()),
+            ..Checkpoint::default()
+        }
+    }
+
+    /// Pages of checkpoint 1 that later checkpoints moved or dropped are the ones a running
+    /// primary may have freed; the others must still read back.
+    #[test]
+    fn changed_since_names_pages_later_checkpoints_moved() {
+        let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+        let mut log = LogWriter::claim(store.clone(), "t:1").unwrap();
+        log.commit(&ckpt(
+            true,
+            &[(1, 1, 11), (2, 2, 22), (3, 3, 33), (4, 4, 44)],
+            &[(1, 11), (2, 22), (3, 33), (4, 44)],
+        ))
+        .unwrap();
+        let mut map = ReplicaMap::new();
+        map.apply_record(&vmtier_repl::decode(&store.get(&log_key(1)).unwrap().unwrap()).unwrap()).unwrap();
+        assert!(changed_since(&*store, &map, 1).unwrap().is_empty());
+        // 2: page 2 moves to another slot (same content); 3: full, page 4 gone, page 1 as before.
+        log.commit(&ckpt(false, &[(2, 9, 22)], &[(1, 11), (2, 22), (3, 33), (4, 44)])).unwrap();
+        log.commit(&ckpt(true, &[(1, 1, 11), (2, 9, 22), (3, 3, 33)], &[(1, 11), (2, 22), (3, 33)])).unwrap();
+        assert_eq!(changed_since(&*store, &map, 1).unwrap(), BTreeSet::from([2, 4]));
     }
 }
