@@ -10,6 +10,7 @@ mod bench_sampling;
 mod bench_tiering;
 mod bench_vm;
 mod ha;
+mod inspect;
 mod job;
 mod run_config;
 mod serve;
@@ -100,6 +101,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Validate a replication log (records, replay, lease, the pages of its newest checkpoint)
+    /// or tier-3 segments: exit 0 clean, 1 corruption found, 2 bad usage.
+    Inspect(inspect::Args),
     /// The baseline child of `bench tiering` (internal).
     #[command(name = "__baseline-child", hide = true)]
     BaselineChild(baseline::child::Args),
@@ -335,6 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ha::control::status(&RunConfig::load(&config)?, json)?;
             true
         }
+        Command::Inspect(args) => inspect::run(&args)?,
         Command::BaselineChild(args) => baseline::child::run(&args)?,
     };
     Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
