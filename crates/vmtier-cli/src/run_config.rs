@@ -91,6 +91,10 @@ pub struct ReplicationSection {
     /// before the previous full checkpoint are deleted. 0: only the first is full and the log
     /// is never truncated.
     pub full_every: u32,
+    /// Claim 2 of the patent: three quarters into each interval, write as many dirty pages next
+    /// in line for demotion as were demoted during the last interval to tier 2 early. Off by
+    /// default: measured, it costs more guest time than it saves (BENCHMARKS.md).
+    pub preclean: bool,
     /// The secondary's DRAM budget for warm pages. Default: the engine's `dram`.
     pub secondary_dram: Option<ByteSize>,
 }
@@ -110,6 +114,7 @@ impl Default for ReplicationSection {
             poll_ms: 20,
             heat_every: 10,
             full_every: 100,
+            preclean: false,
             secondary_dram: None,
         }
     }

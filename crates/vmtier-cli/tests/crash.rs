@@ -48,6 +48,7 @@ heartbeat_ms = 20
 lease_timeout_ms = 150
 poll_ms = 10
 full_every = 10
+preclean = true
 secondary_dram = "4MiB"
 "#,
             data = dir.join("data").display()

@@ -2,9 +2,9 @@
 //! the shared log every `replication.interval_ms`.
 //!
 //! One checkpoint, in three threads:
-//! 1. a timer pauses the vCPU every interval, and three quarters into it precleans (writes to
-//!    tier 2 early) as many dirty pages next in line for demotion as were demoted during the
-//!    last interval;
+//! 1. a timer pauses the vCPU every interval, and (with `replication.preclean`) three quarters
+//!    into it precleans (writes to tier 2 early) as many dirty pages next in line for demotion as
+//!    were demoted during the last interval;
 //! 2. on the vCPU thread, with the vCPU stopped: save its state and [`Engine::capture_logged`] the
 //!    pages changed since the last checkpoint (dirty ones copied, the rest as locations), then
 //!    resume — this is the guest's pause;
@@ -93,6 +93,8 @@ pub struct Cadence {
     pub heat_pages: usize,
     /// Every this many checkpoints is full, and the log is truncated after it (0: never).
     pub full_every: u64,
+    /// Precleaning (claim 2) three quarters into each interval.
+    pub preclean: bool,
 }
 
 impl Cadence {
@@ -106,6 +108,7 @@ impl Cadence {
             heat_every: u64::from(r.heat_every.max(1)),
             heat_pages: (secondary.0 / vmtier_engine::PAGE_SIZE as u64) as usize,
             full_every: u64::from(r.full_every),
+            preclean: r.preclean,
         }
     }
 }
@@ -229,10 +232,10 @@ pub fn serve(
     let started = Instant::now();
     let first_progress = AtomicU64::new(0);
     let out = std::thread::scope(|s| {
-        // The timer: one pause per interval. Three quarters into it, claim 2 of the patent: as
-        // many dirty pages as were demoted during the last interval, the next in line for
-        // demotion, are written to tier 2 early (`Engine::preclean`), so the checkpoint carries
-        // them as metadata only and their demotion costs no write.
+        // The timer: one pause per interval. Three quarters into it, with `replication.preclean`,
+        // claim 2 of the patent: as many dirty pages as were demoted during the last interval,
+        // the next in line for demotion, are written to tier 2 early (`Engine::preclean`), so the
+        // checkpoint carries them as metadata only and their demotion costs no write.
         s.spawn(|| {
             let mut demotions = engine.snapshot().demotions;
             while !done.load(Ordering::Relaxed) {
@@ -240,7 +243,8 @@ pub fn serve(
                 let now = engine.snapshot().demotions;
                 let due = (now - demotions) as usize;
                 demotions = now;
-                if due > 0
+                if cadence.preclean
+                    && due > 0
                     && let Err(e) = engine.preclean(due)
                 {
                     tracing::warn!(error = %vmtier_engine::chain(&e), "precleaning failed; those pages stay dirty");
