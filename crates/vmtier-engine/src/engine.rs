@@ -21,7 +21,7 @@ use crate::pager::{Pager, page_err, runs};
 use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
 use crate::prefetch::worker::Prefetch;
-use crate::replica::{Capture, DeltaPage, ReplTrack};
+use crate::replica::{Capture, DeltaPage, ReplTrack, lock_page};
 use crate::stats::LatencyUs;
 use crate::tracker::{AccessEvent, Tracker};
 
@@ -461,23 +461,15 @@ impl Engine {
     /// crc32c of every guest page's content as the guest would read it now: resident pages
     /// checksummed from DRAM, the others by their stored copy's checksum (no I/O), pages never
     /// written as a page of zeros. Meant for checking replication (`--check-log`): call it with
-    /// the guest paused. A page whose lock another thread holds is waited for, at most a second.
+    /// the guest paused. A page whose lock another thread holds is waited for.
     pub fn content_crcs(&self) -> Result<Vec<u32>, EngineError> {
         let p = &self.pager;
         let zero = crc32c::crc32c(&[0u8; PAGE_SIZE]);
         let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
         let mut out = Vec::with_capacity(p.table.len());
         for page in 0..p.table.len() {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-            let g = loop {
-                if let Some(g) = p.table.get(page).try_lock() {
-                    break g;
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(EngineError::Busy { page: page as u64 });
-                }
-                std::thread::yield_now();
-            };
+            // Held while the page is read: an eviction must not punch it meanwhile.
+            let g = lock_page(p.table.get(page));
             let v = g.view();
             let crc = if v.resident() {
                 p.memfd.read_at(&mut buf, (page * PAGE_SIZE) as u64).map_err(page_err("pread", page))?;

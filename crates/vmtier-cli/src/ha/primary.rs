@@ -237,19 +237,24 @@ pub fn serve(
         // the next in line for demotion, are written to tier 2 early (`Engine::preclean`), so the
         // checkpoint carries them as metadata only and their demotion costs no write.
         s.spawn(|| {
-            let mut demotions = engine.snapshot().demotions;
+            // Demotions counted so far; only kept (a snapshot per interval) when precleaning.
+            let mut demotions = cadence.preclean.then(|| engine.snapshot().demotions);
             while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(cadence.interval * 3 / 4);
-                let now = engine.snapshot().demotions;
-                let due = (now - demotions) as usize;
-                demotions = now;
-                if cadence.preclean
-                    && due > 0
-                    && let Err(e) = engine.preclean(due)
-                {
-                    tracing::warn!(error = %vmtier_engine::chain(&e), "precleaning failed; those pages stay dirty");
+                match demotions.as_mut() {
+                    Some(counted) => {
+                        std::thread::sleep(cadence.interval * 3 / 4);
+                        let now = engine.snapshot().demotions;
+                        let due = (now - *counted) as usize;
+                        *counted = now;
+                        if due > 0
+                            && let Err(e) = engine.preclean(due)
+                        {
+                            tracing::warn!(error = %vmtier_engine::chain(&e), "precleaning failed; those pages stay dirty");
+                        }
+                        std::thread::sleep(cadence.interval / 4);
+                    }
+                    None => std::thread::sleep(cadence.interval),
                 }
-                std::thread::sleep(cadence.interval / 4);
                 if !done.load(Ordering::Relaxed) {
                     pauser.pause();
                 }
