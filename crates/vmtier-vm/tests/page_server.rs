@@ -499,3 +499,79 @@ fn the_socket_is_private_and_a_live_server_is_never_replaced() {
     assert!(matches!(PageServer::start(ServerConfig::new(&sock)), Err(PageServerError::NotASocket { .. })));
     assert_eq!(std::fs::read(&sock).unwrap(), b"precious");
 }
+
+/// A peer on `path` that accepts one connection, reads the handshake, then does `then` with
+/// the stream (answer something, close it, or keep silent).
+fn fake_peer(
+    path: &Path,
+    then: impl FnOnce(std::os::unix::net::UnixStream) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+        then(s);
+    })
+}
+
+#[test]
+fn a_vmm_pointed_at_something_that_is_not_a_page_server_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let memfd = Memfd::create("vmtier-test-guest", MEM as u64).unwrap();
+    let map = SharedMapping::new(&memfd).unwrap();
+    let connect = |sock: &Path| {
+        PageServerClient::connect_tiers_within(sock, &memfd, &map, Duration::from_millis(500))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+
+    // Silent: accepts, reads, never answers — the VMM must not wait for its first page forever.
+    let sock = dir.path().join("silent.sock");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let peer = fake_peer(&sock, move |_s| {
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+    });
+    let t = Instant::now();
+    let e = connect(&sock);
+    assert!(e.contains("did not answer the vmtier handshake within 500ms"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "bounded wait: {:?}", t.elapsed());
+    tx.send(()).unwrap();
+    peer.join().unwrap();
+
+    // Another protocol's reply.
+    let sock = dir.path().join("http.sock");
+    let peer = fake_peer(&sock, |mut s| {
+        std::io::Write::write_all(&mut s, b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+    });
+    let e = connect(&sock);
+    assert!(e.contains("not a vmtier page server's reply") && e.contains("HTTP/1.1 400"), "{e}");
+    peer.join().unwrap();
+
+    // Closes without a word.
+    let sock = dir.path().join("closer.sock");
+    let peer = fake_peer(&sock, drop);
+    let e = connect(&sock);
+    assert!(e.contains("closed the connection without answering"), "{e}");
+    peer.join().unwrap();
+}
+
+#[test]
+fn a_tiers_vmm_refused_by_the_server_gets_its_reason_at_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServerConfig::new(dir.path().join("pager.sock"));
+    cfg.engine = tiers_config(dir.path(), 8 << 20);
+    // The server cannot start an engine: its tier-2 directory cannot be created.
+    cfg.engine.tier2.dir = PathBuf::from("/proc/vmtier-no-such-dir/tier2");
+    let server = PageServer::start(cfg).unwrap();
+    let memfd = Memfd::create("vmtier-test-guest", MEM as u64).unwrap();
+    let map = SharedMapping::new(&memfd).unwrap();
+    let e = PageServerClient::connect_tiers_within(server.socket(), &memfd, &map, Duration::from_secs(20))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refused this VM") && e.contains("vmtier-no-such-dir"), "{e}");
+    let r = &server.wait_finished(1, Duration::from_secs(10)).unwrap()[0];
+    assert!(matches!(r.end, ConnEnd::Failed(_)), "{:?}", r.end);
+}

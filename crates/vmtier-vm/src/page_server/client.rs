@@ -7,13 +7,14 @@
 //! resolve every pending and future fault itself — with zero pages, silently corrupting the
 //! guest. So drop the client only after the VM.
 
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 use vmtier_engine::{EngineError, FEATURES, REGISTER_MODE};
@@ -23,6 +24,14 @@ use vmtier_uffd::{AnonMapping, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 use super::handshake::{self, Handshake, HandshakeError, Region};
 use super::sys;
 use crate::vm::Pauser;
+
+/// How long [`PageServerClient::connect_tiers`] waits for the server's `ready` line. The server
+/// starts an engine first, which opens (and clears) its tier-3 store: seconds on a slow object
+/// store.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest answer line read; a page server's is a few dozen bytes.
+const MAX_ANSWER: usize = 4096;
 
 /// One region of guest memory in the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +104,54 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The peer accepted the connection but never answered the vmtier handshake.
+    #[error(
+        "the peer at {path} accepted the connection but did not answer the vmtier handshake within {waited:?}; \
+         is `vmtier serve` listening there, and not another program?"
+    )]
+    NoAnswer {
+        /// Socket path.
+        path: PathBuf,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// The peer closed the connection instead of answering.
+    #[error(
+        "the peer at {path} closed the connection without answering the vmtier handshake; \
+         is it a vmtier page server (`vmtier serve`)?"
+    )]
+    Closed {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// The page server said why it will not serve this VM.
+    #[error("the page server at {path} refused this VM: {reason}")]
+    Refused {
+        /// Socket path.
+        path: PathBuf,
+        /// The server's own words.
+        reason: String,
+    },
+    /// The peer answered something a page server never sends.
+    #[error(
+        "the peer at {path} answered {said:?}, which is not a vmtier page server's reply; \
+         point --page-server at the socket of `vmtier serve`"
+    )]
+    NotAPageServer {
+        /// Socket path.
+        path: PathBuf,
+        /// The start of what it sent.
+        said: String,
+    },
+    /// Reading the answer failed.
+    #[error("reading the page server's answer on {path}")]
+    Answer {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The monitor thread could not be started.
     #[error("cannot start the page-server monitor thread")]
     Thread(#[source] std::io::Error),
@@ -134,11 +191,22 @@ impl PageServerClient {
 
     /// vmtier's extended handshake for guest RAM in `map`, a shared mapping of `memfd`: the
     /// server runs the tiering engine over it.
+    /// Waits up to [`READY_TIMEOUT`] for the server to answer.
     pub fn connect_tiers(socket: &Path, memfd: &Memfd, map: &SharedMapping) -> Result<Self, ClientError> {
+        Self::connect_tiers_within(socket, memfd, map, READY_TIMEOUT)
+    }
+
+    /// [`connect_tiers`](Self::connect_tiers), waiting at most `timeout` for the server's answer.
+    pub fn connect_tiers_within(
+        socket: &Path,
+        memfd: &Memfd,
+        map: &SharedMapping,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let region = GuestRegion { host_addr: map.base(), size: map.len(), file_offset: 0 };
         // SAFETY: `map` maps `memfd` and is only accessed through atomics or raw copies (see
         // `SharedMapping`).
-        unsafe { Self::connect(socket, &[region], Handoff::Tiers(memfd)) }
+        unsafe { Self::connect_within(socket, &[region], Handoff::Tiers(memfd), timeout) }
     }
 
     /// Creates a userfaultfd with the features `handoff` needs, registers `regions`, connects to
@@ -150,6 +218,20 @@ impl PageServerClient {
     /// server fills its absent pages at any time. For [`Handoff::Tiers`] the one region must be
     /// a `MAP_SHARED` mapping of the whole memfd from offset 0.
     pub unsafe fn connect(socket: &Path, regions: &[GuestRegion], handoff: Handoff<'_>) -> Result<Self, ClientError> {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { Self::connect_within(socket, regions, handoff, READY_TIMEOUT) }
+    }
+
+    /// [`connect`](Self::connect), waiting at most `timeout` for a vmtier server's answer.
+    ///
+    /// # Safety
+    /// As for [`connect`](Self::connect).
+    pub unsafe fn connect_within(
+        socket: &Path,
+        regions: &[GuestRegion],
+        handoff: Handoff<'_>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let memfd = match handoff {
             Handoff::Firecracker => None,
             Handoff::Tiers(m) => Some(m),
@@ -196,6 +278,11 @@ impl PageServerClient {
         sys::send_with_fds(&stream, &message, &fds)
             .map_err(|source| ClientError::Send { path: socket.to_path_buf(), source })?;
         debug!(socket = %socket.display(), regions = regions.len(), tiers = memfd.is_some(), "handshake sent");
+        if memfd.is_some() {
+            // Firecracker's protocol has no answer; vmtier's extension does, so that a VMM pointed at
+            // the wrong socket fails here instead of waiting forever for its first page.
+            wait_ready(&stream, socket, timeout)?;
+        }
         Ok(Self {
             stream: Arc::new(stream),
             uffd: Some(uffd),
@@ -302,4 +389,41 @@ fn monitor(
         eprintln!("vmtier: fatal: {reason}; the VM is blocked on guest memory that will never arrive, exiting");
         std::process::exit(1);
     }
+}
+
+/// Reads the server's one-line answer to a vmtier handshake: `{"ready":…}` or `{"error":"…"}`.
+/// Reads byte by byte so nothing after the line is consumed: later lines are the monitor's.
+fn wait_ready(stream: &UnixStream, socket: &Path, timeout: Duration) -> Result<(), ClientError> {
+    let path = || socket.to_path_buf();
+    let deadline = Instant::now() + timeout;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::NoAnswer { path: path(), waited: timeout });
+        }
+        stream.set_read_timeout(Some(left)).map_err(|source| ClientError::Answer { path: path(), source })?;
+        match (&*stream).read(&mut byte) {
+            Ok(0) => return Err(ClientError::Closed { path: path() }),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= MAX_ANSWER => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(ClientError::Answer { path: path(), source }),
+        }
+    }
+    stream.set_read_timeout(None).map_err(|source| ClientError::Answer { path: path(), source })?;
+    let value = serde_json::from_slice::<serde_json::Value>(&line).ok();
+    if let Some(v) = &value {
+        if v.get("ready").is_some() {
+            return Ok(());
+        }
+        if let Some(reason) = v.get("error").and_then(|e| e.as_str()) {
+            return Err(ClientError::Refused { path: path(), reason: reason.to_owned() });
+        }
+    }
+    let said: String = String::from_utf8_lossy(&line).chars().take(80).collect();
+    Err(ClientError::NotAPageServer { path: path(), said })
 }

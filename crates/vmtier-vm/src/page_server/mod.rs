@@ -29,7 +29,7 @@ pub mod server;
 mod sys;
 mod tiers;
 
-pub use client::{ClientError, GuestRegion, Handoff, PageServerClient, WatchOptions};
+pub use client::{ClientError, GuestRegion, Handoff, PageServerClient, READY_TIMEOUT, WatchOptions};
 pub use handshake::{Handshake, HandshakeError, Region};
 pub use server::{ConnEnd, ConnReport, FileStats, Mode, PageServer, PageServerError, ServerConfig, ServerStats};
 pub use sys::TerminationSignals;

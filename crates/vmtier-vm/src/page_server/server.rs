@@ -503,6 +503,16 @@ impl<'a> Peer<'a> {
         self.pidfd.as_ref().is_some_and(|p| sys::poll_one(p, libc::POLLIN, Duration::ZERO).unwrap_or(0) != 0)
     }
 
+    /// Tells a vmtier peer that its memory is being served: one JSON line, `{"ready":{...}}`,
+    /// which [`PageServerClient::connect_tiers`](super::PageServerClient::connect_tiers) waits for.
+    /// Without it a VMM connected to something that is not a page server would wait forever
+    /// for its first page.
+    pub(crate) fn say_ready(&self, guest_bytes: u64) -> std::io::Result<()> {
+        let line = serde_json::json!({ "ready": { "guest_bytes": guest_bytes } }).to_string() + "\n";
+        let mut stream = self.stream;
+        stream.write_all(line.as_bytes())
+    }
+
     /// Looks at what `poll` reported for [`poll_fds`](Self::poll_fds); `Some` if the peer is
     /// gone.
     pub(crate) fn check(&mut self, revents: &[i16]) -> Option<ConnEnd> {

@@ -66,6 +66,9 @@ pub(super) fn serve(
         .map_err(ConnError::Engine)?;
     info!(id, guest_bytes = r.size, dram = %engine.config().dram, tier2 = %engine.config().tier2.dir.display(),
         "serving the peer's memory with the engine");
+    if let Err(e) = peer.say_ready(r.size) {
+        warn!(id, error = %e, "cannot tell the peer its memory is served; it will give up waiting");
+    }
     let end = loop {
         if shared.stop.load(Ordering::SeqCst) {
             break ConnEnd::ServerShutdown;
