@@ -201,7 +201,7 @@ fn config(args: &Args, dir: &Path) -> RunConfig {
     let mut cfg = RunConfig::default();
     cfg.data_dir = dir.to_path_buf();
     cfg.engine.memory = args.memory;
-    cfg.engine.dram = args.memory;
+    cfg.set_dram(args.memory);
     cfg.engine.tier2.dir = dir.join("tier2");
     cfg.engine.tier3.url = dir.join("tier3").to_string_lossy().into_owned();
     cfg.replication.shared = Some(dir.join("shared").to_string_lossy().into_owned());

@@ -190,7 +190,7 @@ impl JobOpts {
             cfg.engine.memory = m;
         }
         if let Some(d) = self.dram {
-            cfg.engine.dram = d;
+            cfg.set_dram(d);
         }
         if let Some(w) = &self.workload {
             cfg.workload.kind = w.clone();
@@ -249,7 +249,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vmtier: error: {e:#}");
+            eprintln!("vmtier: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
@@ -280,7 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     opts.dram.is_none(),
                     "--dram does not apply with --page-server: the server's budget does (vmtier serve --dram)"
                 );
-                cfg.engine.dram = opts.memory.unwrap_or(cfg.engine.memory);
+                cfg.set_dram(opts.memory.unwrap_or(cfg.engine.memory));
             }
             opts.apply(&mut cfg)?;
             if cfg.workload.guest != GuestChoice::Vm {
@@ -343,4 +343,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BaselineChild(args) => baseline::child::run(&args)?,
     };
     Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `{e:#}` without repeats: some libraries (object_store, reqwest) put their source's text into
+/// their own message *and* return it as the source, so a plain chain says each cause three times.
+/// A cause whose text the message already contains is left out.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(text.trim()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -44,6 +44,9 @@ pub struct RunConfig {
     tier2_set: bool,
     #[serde(skip)]
     tier3_set: bool,
+    /// `engine.dram` was given (file or command line); if not, it follows `engine.memory`.
+    #[serde(skip)]
+    dram_set: bool,
 }
 
 impl Default for RunConfig {
@@ -56,6 +59,7 @@ impl Default for RunConfig {
             replication: ReplicationSection::default(),
             tier2_set: false,
             tier3_set: false,
+            dram_set: false,
         }
     }
 }
@@ -329,6 +333,13 @@ pub struct MetricsSection {
 }
 
 impl RunConfig {
+    /// Sets the DRAM budget explicitly (a command-line override): it no longer follows
+    /// `engine.memory`.
+    pub fn set_dram(&mut self, dram: ByteSize) {
+        self.engine.dram = dram;
+        self.dram_set = true;
+    }
+
     /// Loads and validates a file; errors name the file, the key and what is allowed.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
@@ -345,12 +356,16 @@ impl RunConfig {
             engine.and_then(|e| e.get("tier2")).and_then(|t| t.as_table()).is_some_and(|t| t.contains_key("dir"));
         cfg.tier3_set =
             engine.and_then(|e| e.get("tier3")).and_then(|t| t.as_table()).is_some_and(|t| t.contains_key("url"));
+        cfg.dram_set = engine.is_some_and(|e| e.contains_key("dram"));
         cfg.finish()?;
         Ok(cfg)
     }
 
     /// Derives the tier locations from `data_dir` and validates everything.
     pub fn finish(&mut self) -> anyhow::Result<()> {
+        if !self.dram_set {
+            self.engine.dram = default_dram(self.engine.memory);
+        }
         if !self.tier2_set {
             self.engine.tier2.dir = self.data_dir.join("tier2");
         }
@@ -414,6 +429,14 @@ pub fn check_vm_memory(bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The DRAM budget when none is given: a quarter of the guest, at most 256 MiB (the engine's
+/// default), rounded down to whole pages.
+fn default_dram(memory: ByteSize) -> ByteSize {
+    let page = vmtier_engine::PAGE_SIZE as u64;
+    let quarter = memory.0 / 4 / page * page;
+    ByteSize(quarter.min(EngineConfig::default().dram.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +450,20 @@ mod tests {
         let ha = RunConfig::parse(include_str!("../../../examples/ha.toml")).unwrap();
         assert_eq!(ha.replication.secondary_dram, Some(ByteSize(48 << 20)));
         assert_eq!(ha.workload.guest, GuestChoice::Vm);
+    }
+
+    #[test]
+    fn an_unset_dram_budget_follows_the_guest() {
+        let small = RunConfig::parse("[engine]\nmemory = \"64MiB\"").unwrap();
+        assert_eq!(small.engine.dram, ByteSize(16 << 20), "a quarter of a small guest");
+        let big = RunConfig::parse("[engine]\nmemory = \"4GiB\"").unwrap();
+        assert_eq!(big.engine.dram, ByteSize(256 << 20), "at most the engine's default");
+        let set = RunConfig::parse("[engine]\nmemory = \"64MiB\"\ndram = \"32MiB\"").unwrap();
+        assert_eq!(set.engine.dram, ByteSize(32 << 20), "a given budget stays");
+        let mut cli = RunConfig::parse("[engine]\nmemory = \"64MiB\"").unwrap();
+        cli.set_dram(ByteSize(64 << 20));
+        cli.finish().unwrap();
+        assert_eq!(cli.engine.dram, ByteSize(64 << 20), "a command-line budget stays");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         run_cfg.data_dir = d.clone();
     }
     if let Some(d) = args.dram {
-        run_cfg.engine.dram = d;
+        run_cfg.set_dram(d);
     }
     // Each VM brings its own memory size; only the budget and the rest are checked here.
     run_cfg.engine.memory = run_cfg.engine.memory.max(run_cfg.engine.dram);

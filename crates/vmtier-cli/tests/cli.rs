@@ -126,6 +126,67 @@ fn config_errors_exit_2_and_name_the_problem() {
     assert!(!dir.path().join("vmtier-data").exists(), "a rejected configuration created ./vmtier-data");
 }
 
+#[test]
+fn bad_input_everywhere_names_the_input_and_what_to_do() {
+    let dir = tempdir();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let fails = |args: &[&str]| fails_with_2(&run(dir.path(), args));
+
+    // TOML syntax: the file, the line and the column.
+    let f = write("syntax.toml", "[engine]\nmemory = \"1GiB\nx = 1\n");
+    let err = fails(&["run", "--config", &f]);
+    assert!(err.contains("syntax.toml") && err.contains("line 2"), "{err}");
+
+    // Wrong units, in the file and as a bare number.
+    let f = write("units.toml", "[engine]\nmemory = \"1 gigabyte\"\n");
+    let err = fails(&["run", "--config", &f]);
+    assert!(err.contains("1 gigabyte") && err.contains("MiB"), "{err}");
+    let f = write("bare.toml", "[engine]\nmemory = 12\n");
+    let err = fails(&["run", "--config", &f]);
+    assert!(err.contains("engine.memory") && err.contains("4KiB"), "{err}");
+
+    // Contradictory: the DRAM budget on the command line above the guest in the file.
+    let f = write("small.toml", "[engine]\nmemory = \"64MiB\"\n");
+    let err = fails(&["run", "--config", &f, "--dram", "1GiB"]);
+    assert!(err.contains("command-line") && err.contains("cannot exceed the guest"), "{err}");
+
+    // Out of range.
+    let f = write("tick.toml", "[engine.mtm]\ntick_ms = 0\n");
+    let err = fails(&["run", "--config", &f]);
+    assert!(err.contains("engine.mtm.tick_ms") && err.contains("1 to 60000"), "{err}");
+
+    // A data directory that cannot be created (under a regular file: root cannot either).
+    let file = write("plain-file", "x");
+    let f = write("dir.toml", &format!("data_dir = \"{file}/sub\"\n[workload]\naccesses = 1000\n"));
+    let err = fails(&["run", "--config", &f]);
+    assert!(err.contains("plain-file/sub") && err.contains("tier-2"), "{err}");
+
+    // A trace that is not lackey output, imported and replayed.
+    let junk = write("junk.txt", "hello world\n");
+    let out = dir.path().join("junk.vpt");
+    let err = fails(&["trace", "import", &junk, "-o", out.to_str().unwrap()]);
+    assert!(err.contains("junk.txt") && err.contains("not valgrind lackey output") && err.contains("line 1"), "{err}");
+    let err = fails(&["run", "--config", &f, "--trace", &junk]);
+    assert!(err.contains("junk.txt") && err.contains("not valgrind lackey output"), "{err}");
+
+    // A page-server socket that is not a socket.
+    let f = write("vm.toml", "[engine]\nmemory = \"64MiB\"\n[workload]\naccesses = 1000\n");
+    let err = fails(&["vm", "run", "--config", &f, "--page-server", &junk]);
+    assert!(err.contains("junk.txt") && err.contains("vmtier serve"), "{err}");
+
+    // Replication commands on a log nobody follows, and inspect of something that is no store.
+    let shared = dir.path().join("shared");
+    let f = write("ha.toml", &format!("[replication]\nshared = \"{}\"\n", shared.display()));
+    let err = fails(&["failover", "--config", &f]);
+    assert!(err.contains("no secondary follows the log") && err.contains("vmtier secondary"), "{err}");
+    let err = fails(&["inspect", &junk]);
+    assert!(err.contains("junk.txt") && err.contains("not a directory"), "{err}");
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -16,6 +16,21 @@ use crate::run_config::RunConfig;
 pub fn failover(cfg: &RunConfig, wait: Duration) -> anyhow::Result<()> {
     let store = Layout::new(cfg).open_store()?;
     let before = read_heartbeat(&*store).context("reading the primary's heartbeat")?.map(|h| h.epoch);
+    let secondary: Option<Value> =
+        store.get(STATUS_KEY).context("reading the secondary's status")?.and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(secondary) = secondary else {
+        bail!(
+            "no secondary follows the log at {}: none has ever reported its status there; start \
+             `vmtier secondary -c FILE` with this config first (nothing was requested)",
+            store.describe()
+        );
+    };
+    if secondary["role"].as_str() == Some("primary") {
+        bail!(
+            "the secondary {} already took over (it is the primary now); there is no standby to fail over to",
+            secondary["holder"].as_str().unwrap_or("?")
+        );
+    }
     store.put(FAILOVER_REQUEST_KEY, super::holder_name().as_bytes()).context("writing the failover request")?;
     let deadline = Instant::now() + wait;
     loop {
