@@ -144,12 +144,33 @@ pub fn run_with_page_server(cfg: &RunConfig, socket: &Path, json_out: bool) -> a
     let mut client = PageServerClient::connect_tiers(socket, &memfd, &map)
         .with_context(|| format!("handing guest memory to the page server at {}", socket.display()))?;
     let mut vm = MicroVm::new(GuestRam::new(map.as_words()), VmOptions::default()).context("creating the micro-VM")?;
-    client.watch(Some(vm.pauser()), WatchOptions::default())?;
+    let watch = WatchOptions::default();
+    client.watch(Some(vm.pauser()), watch)?;
     let progress = Progress::new();
     let started = Instant::now();
     let out = std::thread::scope(|s| {
         let guest = s.spawn(|| vmtier_vm::run_guest(&mut vm, &spec, &progress));
-        show_progress(&progress, json_out, || guest.is_finished(), || progress.phase_name().to_string());
+        // Aborting stops a vCPU in KVM_RUN, but not the vCPU thread while it touches guest memory
+        // from the host (loading the program, reading the report): that access waits on the
+        // userfaultfd for a page that will never come. Nothing can free it; leave.
+        let gone_since = std::cell::Cell::new(None::<Instant>);
+        let stuck = || {
+            if client.server_gone().is_none() {
+                return false;
+            }
+            let since = gone_since.get().unwrap_or_else(Instant::now);
+            gone_since.set(Some(since));
+            since.elapsed() > watch.grace
+        };
+        show_progress(&progress, json_out, || guest.is_finished() || stuck(), || progress.phase_name().to_string());
+        if !guest.is_finished() {
+            let reason = client.server_gone().unwrap_or_default();
+            eprintln!(
+                "vmtier: error: running the micro-VM: {reason}; the guest is blocked on memory that will never \
+                 arrive, exiting"
+            );
+            std::process::exit(2);
+        }
         guest.join().map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))
     })?
     .context("running the micro-VM")?;

@@ -390,3 +390,59 @@ fn killed_primaries_never_lose_or_tear_a_checkpoint() {
     // Most kills hit a primary that had resumed; a run where takeovers stopped is a failure.
     assert!(checked.resumes >= kills / 4, "only {} resumes in {kills} kills", checked.resumes);
 }
+
+/// Secondaries SIGKILLed again and again while they start, read the log and warm their pages
+/// (issue 6, item 4): the primary never notices, each restarted secondary follows from the log's
+/// committed state, and the last one still resumes the checkpoint the primary captured.
+#[test]
+fn killed_secondaries_leave_the_primary_alone_and_a_restarted_one_takes_over_correctly() {
+    if std::fs::metadata("/dev/kvm").is_err() {
+        eprintln!("SKIPPED: /dev/kvm is missing");
+        return;
+    }
+    let kills: usize =
+        std::env::var("VMTIER_CRASH_SECONDARY_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let seed: u64 = std::env::var("VMTIER_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("secondary kills: {kills}, VMTIER_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = Chain {
+        dir: dir.path().to_path_buf(),
+        cfg: write_config(dir.path()),
+        check: dir.path().join("check.log"),
+        spawned: 0,
+        pids: Vec::new(),
+    };
+    let (mut primary, primary_err) = chain.spawn("primary");
+    wait_for_commit(&chain, &primary_err);
+    for _ in 0..kills {
+        let (mut secondary, secondary_err) = chain.spawn("secondary");
+        std::thread::sleep(Duration::from_millis(rng.below(600)));
+        assert!(
+            secondary.try_wait().unwrap().is_none(),
+            "a secondary exited by itself while its primary ran:\n{}",
+            tail(&secondary_err)
+        );
+        chain.kill(&mut secondary);
+        assert!(
+            primary.try_wait().unwrap().is_none(),
+            "the primary stopped while secondaries were killed:\n{}",
+            tail(&primary_err)
+        );
+    }
+    let lines = chain.lines();
+    assert!(!lines.iter().any(|l| l.starts_with("claim ")), "a killed secondary claimed a live primary's log");
+    let (_next, next_err) = chain.spawn("secondary");
+    std::thread::sleep(Duration::from_millis(500 + rng.below(500)));
+    chain.kill(&mut primary);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !chain.lines().iter().any(|l| l.starts_with("resume ")) {
+        assert!(Instant::now() < deadline, "the secondary did not take over in 60 s:\n{}", tail(&next_err));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let checked = check(&chain.lines()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(checked.resumes, 1);
+    eprintln!("secondary kills: {kills} killed, the next took over after {} commits", checked.commits);
+}

@@ -406,6 +406,9 @@ fn wait_ready(stream: &UnixStream, socket: &Path, timeout: Duration) -> Result<(
         stream.set_read_timeout(Some(left)).map_err(|source| ClientError::Answer { path: path(), source })?;
         match (&*stream).read(&mut byte) {
             Ok(0) => return Err(ClientError::Closed { path: path() }),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(ClientError::Closed { path: path() });
+            }
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) if line.len() >= MAX_ANSWER => break,
             Ok(_) => line.push(byte[0]),

@@ -295,6 +295,7 @@ impl PageServer {
             source,
         })?;
         info!(socket = %path.display(), mem_file = ?cfg.mem_file, "page server listening");
+        super::tiers::sweep_dead_servers_dirs(&cfg.engine);
         let shared = Arc::new(Shared {
             cfg,
             mem_file,

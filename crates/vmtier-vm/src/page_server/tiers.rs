@@ -91,7 +91,7 @@ struct ConnDirs {
 
 impl ConnDirs {
     fn assign(cfg: &mut vmtier_engine::EngineConfig, id: u64) -> Self {
-        let name = format!("conn-{}-{id}", std::process::id());
+        let name = conn_dir_name(std::process::id(), id);
         let mut local = Vec::new();
         cfg.tier2.dir = cfg.tier2.dir.join(&name);
         local.push(cfg.tier2.dir.clone());
@@ -106,6 +106,48 @@ impl ConnDirs {
     }
 }
 
+/// The tier directories of a connection: `conn-<server pid>-<connection id>`.
+fn conn_dir_name(pid: u32, id: u64) -> String {
+    format!("conn-{pid}-{id}")
+}
+
+/// The server pid in a connection directory's name, if it is one.
+fn conn_dir_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("conn-")?;
+    let (pid, id) = rest.split_once('-')?;
+    id.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the connection directories that servers which are no longer running (killed, so
+/// their [`ConnDirs`] never dropped) left under the tier-2 directory and a local tier 3. Their
+/// pages died with their VMs. Directories of running servers sharing the data directory stay.
+pub(super) fn sweep_dead_servers_dirs(cfg: &vmtier_engine::EngineConfig) {
+    let tier3 = cfg.tier3.url.strip_prefix("file://").unwrap_or(&cfg.tier3.url);
+    let mut roots = vec![cfg.tier2.dir.clone()];
+    if !cfg.tier3.url.contains("://") || cfg.tier3.url.starts_with("file://") {
+        roots.push(PathBuf::from(tier3));
+    }
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = conn_dir_pid(&name.to_string_lossy()) else { continue };
+            if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    info!(dir = %entry.path().display(), pid, "removed a dead page server's connection directory")
+                }
+                Err(e) => {
+                    warn!(dir = %entry.path().display(), error = %e, "cannot remove a dead page server's directory")
+                }
+            }
+        }
+    }
+}
+
 impl Drop for ConnDirs {
     fn drop(&mut self) {
         for dir in &self.local {
@@ -113,6 +155,44 @@ impl Drop for ConnDirs {
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 warn!(dir = %dir.display(), error = %e, "cannot remove the connection's tier directory");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_directory_names_round_trip() {
+        assert_eq!(conn_dir_pid(&conn_dir_name(4242, 7)), Some(4242));
+        for other in ["conn-", "conn-12", "conn-x-1", "conn-12-x", "e3", "seg-00000001.vts"] {
+            assert_eq!(conn_dir_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_dead_servers_directories_are_swept_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = vmtier_engine::EngineConfig::default();
+        cfg.tier2.dir = dir.path().join("tier2");
+        cfg.tier3.url = dir.path().join("tier3").to_string_lossy().into_owned();
+        // A pid that cannot be running: above the kernel's pid_max (at most 2^22).
+        let dead = conn_dir_name(1 << 23, 1);
+        let live = conn_dir_name(std::process::id(), 1);
+        let init = conn_dir_name(1, 3);
+        for root in ["tier2", "tier3"] {
+            for name in [&dead, &live, &init, &"e1".to_string()] {
+                std::fs::create_dir_all(dir.path().join(root).join(name)).unwrap();
+            }
+        }
+        sweep_dead_servers_dirs(&cfg);
+        for root in ["tier2", "tier3"] {
+            let root = dir.path().join(root);
+            assert!(!root.join(&dead).exists(), "{dead} in {} is swept", root.display());
+            for kept in [&live, &init, &"e1".to_string()] {
+                assert!(root.join(kept).exists(), "{kept} in {} is kept", root.display());
             }
         }
     }
