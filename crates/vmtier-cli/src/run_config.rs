@@ -77,6 +77,11 @@ pub struct ReplicationSection {
     pub secret_access_key: Option<String>,
     /// Allow a plain-HTTP endpoint.
     pub allow_http: bool,
+    /// The cluster key file (`vmtier keygen FILE`; mode 0600, the same file on every host):
+    /// authenticates every record and stored page on shared storage. Required by `primary`,
+    /// `secondary`, `failover`, `status` and `inspect` of a log. Relative paths are relative
+    /// to the working directory.
+    pub key_file: Option<PathBuf>,
     /// Time between checkpoints, ms (25–100 is the intended range).
     pub interval_ms: u64,
     /// Time between the primary's heartbeats, ms.
@@ -108,6 +113,7 @@ impl Default for ReplicationSection {
             access_key_id: None,
             secret_access_key: None,
             allow_http: false,
+            key_file: None,
             interval_ms: 100,
             heartbeat_ms: 100,
             lease_timeout_ms: 1000,
@@ -125,7 +131,9 @@ impl std::fmt::Debug for ReplicationSection {
         f.debug_struct("ReplicationSection")
             .field("shared", &self.shared)
             .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<redacted>"))
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("key_file", &self.key_file)
             .field("interval_ms", &self.interval_ms)
             .field("lease_timeout_ms", &self.lease_timeout_ms)
             .field("secondary_dram", &self.secondary_dram)
@@ -134,6 +142,12 @@ impl std::fmt::Debug for ReplicationSection {
 }
 
 impl ReplicationSection {
+    /// Loads the cluster key from `key_file`; an error that says how to make one if unset.
+    pub fn cluster_key(&self) -> anyhow::Result<vmtier_repl::ClusterKey> {
+        let path = self.key_file.as_deref().ok_or(vmtier_repl::KeyError::NotConfigured)?;
+        Ok(vmtier_repl::ClusterKey::load(path)?)
+    }
+
     fn validate(&self, engine: &EngineConfig) -> anyhow::Result<()> {
         let ms = |key: &str, v: u64, lo: u64, hi: u64| {
             if !(lo..=hi).contains(&v) {

@@ -36,16 +36,28 @@ kind = "zipf"
 accesses = {accesses}
 write_fraction = 0.5
 [replication]
+key_file = "{key}"
 interval_ms = 50
 heartbeat_ms = 50
 lease_timeout_ms = 1000
 secondary_dram = "8MiB"
 "#,
-            data = dir.join("data").display()
+            data = dir.join("data").display(),
+            key = keygen(dir).display()
         ),
     )
     .expect("write config");
     cfg
+}
+
+/// Makes the cluster key `dir/cluster.key` with `vmtier keygen` (once) and returns its path.
+fn keygen(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("cluster.key");
+    if !key.exists() {
+        let out = common::vmtier_in(dir, &["keygen", key.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    key
 }
 
 fn spawn(dir: &Path, args: &[&str]) -> Child {
@@ -199,6 +211,7 @@ accesses = 400000
 write_fraction = 0.5
 [replication]
 shared = "s3://{bucket}/vm-0/ha"
+key_file = "{key}"
 {s3_keys}
 interval_ms = 100
 heartbeat_ms = 100
@@ -207,6 +220,7 @@ secondary_dram = "4MiB"
 "#,
             data = dir.path().join("data").display(),
             bucket = s3::BUCKET,
+            key = keygen(dir.path()).display(),
         ),
     )
     .expect("write config");

@@ -32,6 +32,10 @@ pub struct EngineConfig {
     /// replicating commands (`vmtier primary`), not read from a config file.
     #[serde(skip)]
     pub replicate: bool,
+    /// Authenticate stored pages with this keyed tag ([`crate::auth`]): set by the replicating
+    /// commands, whose tiers are on shared storage; not read from a config file.
+    #[serde(skip)]
+    pub page_auth: Option<crate::PageAuthHandle>,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +50,7 @@ impl Default for EngineConfig {
             fault: FaultConfig::default(),
             prefetch: PrefetchConfig::default(),
             replicate: false,
+            page_auth: None,
         }
     }
 }

@@ -117,9 +117,9 @@ impl Cadence {
 /// exits. Returns whether the guest verified everything it read.
 pub fn run(cfg: &RunConfig, json_out: bool, check_log: Option<&Path>) -> anyhow::Result<bool> {
     vmtier_vm::kvm_usable().context("replication runs the micro-VM guest, which needs KVM")?;
-    let layout = Layout::new(cfg);
+    let layout = Layout::new(cfg)?;
     let store = layout.open_store()?;
-    let writer = LogWriter::claim(store, &super::holder_name()).context("claiming the replication log")?;
+    let writer = LogWriter::claim(store, &layout.key, &super::holder_name()).context("claiming the replication log")?;
     let epoch = writer.epoch();
     if !json_out {
         eprintln!("vmtier primary: epoch {epoch}, log at {}", layout.shared.url);
@@ -619,13 +619,14 @@ fn store_of(loc: Location) -> Option<u64> {
 struct CommittedMap {
     homes: Vec<u64>,
     crcs: Vec<u32>,
+    tags: Vec<vmtier_engine::PageTag>,
     /// Non-zero pages.
     len: usize,
 }
 
 impl CommittedMap {
     fn new(pages: usize) -> Self {
-        Self { homes: vec![0; pages], crcs: vec![0; pages], len: 0 }
+        Self { homes: vec![0; pages], crcs: vec![0; pages], tags: vec![[0; 16]; pages], len: 0 }
     }
 
     fn pages(&self) -> usize {
@@ -638,7 +639,7 @@ impl CommittedMap {
 
     fn get(&self, page: u32) -> DeltaPage {
         let i = page as usize;
-        DeltaPage { page, home: Home::from_word(self.homes[i]), crc: self.crcs[i] }
+        DeltaPage { page, home: Home::from_word(self.homes[i]), crc: self.crcs[i], tag: self.tags[i] }
     }
 
     /// The page's term in the map digest (a zero page has none; a stored page's crc may itself
@@ -654,6 +655,7 @@ impl CommittedMap {
         self.len = self.len + usize::from(w != 0) - usize::from(self.homes[i] != 0);
         self.homes[i] = w;
         self.crcs[i] = d.crc;
+        self.tags[i] = d.tag;
     }
 }
 

@@ -76,7 +76,7 @@ pub struct FailoverReport {
 
 /// `vmtier secondary`. Returns whether the guest, after a failover, verified everything.
 pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
-    let layout = Layout::new(cfg);
+    let layout = Layout::new(cfg)?;
     let budget = (cfg.replication.secondary_dram.unwrap_or(cfg.engine.dram).0 / PAGE_SIZE as u64) as usize;
     let mut follower = Follower::open(&layout, budget)?;
     let store = follower.store().clone();
@@ -95,7 +95,10 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         if store.get(FAILOVER_REQUEST_KEY).context("reading the failover request")?.is_some() {
             break "requested";
         }
-        if !args.manual && follower.map().is_based() && matches!(lease.poll(&*store), Ok(LeaseStatus::Expired { .. })) {
+        if !args.manual
+            && follower.map().is_based()
+            && matches!(lease.poll(&*store, &layout.key), Ok(LeaseStatus::Expired { .. }))
+        {
             break "lease-expired";
         }
         std::thread::sleep(poll);
