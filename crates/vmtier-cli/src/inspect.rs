@@ -16,6 +16,7 @@ use serde::Serialize;
 use vmtier_repl::log::{HEARTBEAT_KEY, LEASE_PREFIX, LOG_PREFIX, epoch_key, log_key, read_claim, read_heartbeat};
 use vmtier_repl::{ClusterKey, Location, Record, ReplicaMap, SharedStore};
 use vmtier_storage::ObjectConfig;
+use vmtier_storage::object::redact_url;
 use vmtier_storage::segment;
 
 use crate::ha::{Layout, SharedPages};
@@ -237,8 +238,8 @@ pub fn run(args: &Args) -> anyhow::Result<bool> {
         (Some(path), l) => match classify(path, l.as_ref())? {
             Target::Log(shared) => inspect_log(&shared, l.as_ref(), &key(l.as_ref())?)?,
             Target::Segments(t3) => {
-                let store = vmtier_repl::open_store(&t3).with_context(|| format!("opening {}", t3.url))?;
-                let mut r = Report::new("tier3", t3.url.clone());
+                let store = vmtier_repl::open_store(&t3).with_context(|| format!("opening {}", redact_url(&t3.url)))?;
+                let mut r = Report::new("tier3", redact_url(&t3.url));
                 let s = check_segments(&*store, "", &t3.url, &mut r)?;
                 r.segments.push(s);
                 r
@@ -335,7 +336,8 @@ fn log_head(store: &dyn SharedStore) -> anyhow::Result<u64> {
 }
 
 fn inspect_log(shared: &ObjectConfig, layout: Option<&Layout>, key: &ClusterKey) -> anyhow::Result<Report> {
-    let store = vmtier_repl::open_store(shared).with_context(|| format!("opening the log store at {}", shared.url))?;
+    let store = vmtier_repl::open_store(shared)
+        .with_context(|| format!("opening the log store at {}", redact_url(&shared.url)))?;
     inspect_log_once(&*store, layout, key)
 }
 
@@ -692,7 +694,10 @@ fn loc_name(loc: Location, layout: Option<&Layout>) -> String {
         }
         (Location::Ssd { store, slot }, None) => format!("tier-2 slot {slot} of epoch {store}"),
         (Location::Object { store, segment, index }, Some(l)) => {
-            format!("tier-3 page {index} of segment seg-{segment:08x}.vts of epoch {store} ({})", l.tier3(store).url)
+            format!(
+                "tier-3 page {index} of segment seg-{segment:08x}.vts of epoch {store} ({})",
+                redact_url(&l.tier3(store).url)
+            )
         }
         (Location::Object { store, segment, index }, None) => {
             format!("tier-3 page {index} of segment seg-{segment:08x}.vts of epoch {store}")
@@ -861,9 +866,10 @@ fn find_orphans(l: &Layout, map: Option<&ReplicaMap>, r: &mut Report) -> anyhow:
     if local && !Path::new(base.url.strip_prefix("file://").unwrap_or(&base.url)).is_dir() {
         return Ok(());
     }
-    let store = vmtier_repl::open_store(&base).with_context(|| format!("opening tier 3 at {}", base.url))?;
+    let store =
+        vmtier_repl::open_store(&base).with_context(|| format!("opening tier 3 at {}", redact_url(&base.url)))?;
     let mut by_epoch: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for k in store.list("").with_context(|| format!("listing tier 3 at {}", base.url))? {
+    for k in store.list("").with_context(|| format!("listing tier 3 at {}", redact_url(&base.url)))? {
         let Some((dir, name)) = k.split_once('/') else { continue };
         let (Some(epoch), true) = (epoch_dir(dir), is_segment_key(name)) else { continue };
         by_epoch.entry(epoch).or_default().0 += 1;

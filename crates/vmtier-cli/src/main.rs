@@ -185,9 +185,13 @@ struct JobOpts {
     /// Directory for tier 2 and tier 3.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9898.
+    /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9898 (loopback only, unless
+    /// --metrics-allow-remote).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow --metrics-addr to be a non-loopback address (the endpoint has no authentication).
+    #[arg(long)]
+    metrics_allow_remote: bool,
 }
 
 impl JobOpts {
@@ -226,6 +230,9 @@ impl JobOpts {
         }
         if let Some(a) = self.metrics_addr {
             cfg.metrics.addr = Some(a);
+        }
+        if self.metrics_allow_remote {
+            cfg.metrics.allow_remote = true;
         }
         cfg.finish()
     }

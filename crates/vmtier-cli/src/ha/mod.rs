@@ -26,7 +26,7 @@ use anyhow::Context;
 use vmtier_engine::{DeltaPage, EngineConfig, Home, PAGE_SIZE};
 use vmtier_repl::{ClusterKey, Location, PageLoc, ReplicaMap, SharedStore};
 use vmtier_storage::SegmentLoc;
-use vmtier_storage::object::{ObjectConfig, ObjectTier};
+use vmtier_storage::object::{ObjectConfig, ObjectTier, redact_url};
 use vmtier_storage::ssd::{SlotId, SsdConfig, SsdStore};
 use vmtier_uffd::AlignedBuf;
 
@@ -64,7 +64,7 @@ impl Layout {
     /// Opens the log and lease store.
     pub fn open_store(&self) -> anyhow::Result<Arc<dyn SharedStore>> {
         vmtier_repl::open_store(&self.shared)
-            .with_context(|| format!("opening the shared log store at {}", self.shared.url))
+            .with_context(|| format!("opening the shared log store at {}", redact_url(&self.shared.url)))
     }
 
     /// Tier-2 directory of the primary of `epoch`.

@@ -122,7 +122,7 @@ pub fn run(cfg: &RunConfig, json_out: bool, check_log: Option<&Path>) -> anyhow:
     let writer = LogWriter::claim(store, &layout.key, &super::holder_name()).context("claiming the replication log")?;
     let epoch = writer.epoch();
     if !json_out {
-        eprintln!("vmtier primary: epoch {epoch}, log at {}", layout.shared.url);
+        eprintln!("vmtier primary: epoch {epoch}, log at {}", vmtier_storage::object::redact_url(&layout.shared.url));
     }
     let engine = Engine::start(layout.engine_for(epoch, None)).context("starting the engine")?;
     let spec = cfg.workload.to_guest_spec()?;

@@ -84,7 +84,11 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     let poll = Duration::from_millis(cfg.replication.poll_ms);
     let mut last_status = Instant::now() - Duration::from_secs(10);
     if !args.json {
-        eprintln!("vmtier secondary: following the log at {} with {} warm pages", layout.shared.url, budget);
+        eprintln!(
+            "vmtier secondary: following the log at {} with {} warm pages",
+            vmtier_storage::object::redact_url(&layout.shared.url),
+            budget
+        );
     }
     let reason = loop {
         follower.poll()?;
