@@ -49,6 +49,13 @@ fn main() {
     let hb_mac = per_call(200_000, |_| {
         black_box(key.record_mac("lease/heartbeat", black_box(&small)));
     });
-    println!("4 KiB page: HMAC-SHA256 tag {tag:.0} ns, tag check {verify:.0} ns, crc32c {crc:.0} ns ({:.1}x)", tag / crc);
-    println!("record MAC: 1000-page checkpoint ({} bytes) {:.1} us, heartbeat {hb_mac:.0} ns", record.len(), rec_mac / 1000.0);
+    println!(
+        "4 KiB page: HMAC-SHA256 tag {tag:.0} ns, tag check {verify:.0} ns, crc32c {crc:.0} ns ({:.1}x)",
+        tag / crc
+    );
+    println!(
+        "record MAC: 1000-page checkpoint ({} bytes) {:.1} us, heartbeat {hb_mac:.0} ns",
+        record.len(),
+        rec_mac / 1000.0
+    );
 }

@@ -131,10 +131,14 @@ pub const HEADER_LEN: usize = 32;
 /// Largest body a frame may declare (4 GiB).
 pub const MAX_BODY_LEN: u64 = 1 << 32;
 
-const KIND_CHECKPOINT: u16 = 1;
-const KIND_FENCE: u16 = 2;
-const KIND_HEARTBEAT: u16 = 3;
-const KIND_CLAIM: u16 = 4;
+/// Record kind: checkpoint.
+pub const KIND_CHECKPOINT: u16 = 1;
+/// Record kind: fence.
+pub const KIND_FENCE: u16 = 2;
+/// Record kind: heartbeat.
+pub const KIND_HEARTBEAT: u16 = 3;
+/// Record kind: claim.
+pub const KIND_CLAIM: u16 = 4;
 
 const FLAG_FULL: u8 = 1;
 const FLAG_HEAT_FULL: u8 = 2;
@@ -443,6 +447,13 @@ fn le64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
+}
+
+/// Frames arbitrary `body` bytes as a record of `kind` stored under `name`, sealed with `key`:
+/// for fuzzing the body decoders behind a valid MAC, and for tests. (Anyone holding the key can
+/// write any record; the key, not this function, is the secret.)
+pub fn seal(key: &ClusterKey, name: &str, kind: u16, body: &[u8]) -> Vec<u8> {
+    frame(key, name, kind, body)
 }
 
 /// Checks a frame stored under `name` (checksums, then key id and MAC) and returns its kind and

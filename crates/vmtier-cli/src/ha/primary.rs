@@ -416,7 +416,7 @@ fn commit_loop(
                 let pl = loc(d)?;
                 let term = if d.home == Home::Zero { 0 } else { page_digest(d.page, pl.crc) };
                 new_digest = new_digest.wrapping_sub(committed.term(d.page)).wrapping_add(term);
-                resolved.push((DeltaPage { crc: pl.crc, ..*d }, pl));
+                resolved.push((DeltaPage { crc: pl.crc, tag: pl.tag, ..*d }, pl));
             }
             let pages = if full {
                 // The whole map: the committed one with this delta applied, zero pages left out.
