@@ -237,6 +237,7 @@ fn one_failover(
 ) -> anyhow::Result<Vec<Row>> {
     let cfg = config(args, dir);
     if let Some(k) = cfg.replication.key_file.as_deref().filter(|k| !k.exists()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         vmtier_repl::ClusterKey::generate(k)?;
     }
     let layout = Layout::new(&cfg)?;
