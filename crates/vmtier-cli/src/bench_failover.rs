@@ -206,6 +206,7 @@ fn config(args: &Args, dir: &Path) -> RunConfig {
     cfg.engine.tier3.url = dir.join("tier3").to_string_lossy().into_owned();
     cfg.replication.shared = Some(dir.join("shared").to_string_lossy().into_owned());
     cfg.replication.secondary_dram = Some(args.secondary_dram);
+    cfg.replication.key_file = Some(dir.join("cluster.key"));
     cfg
 }
 
@@ -235,11 +236,16 @@ fn one_failover(
     run: u32,
 ) -> anyhow::Result<Vec<Row>> {
     let cfg = config(args, dir);
-    let layout = Layout::new(&cfg);
+    if let Some(k) = cfg.replication.key_file.as_deref().filter(|k| !k.exists()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        vmtier_repl::ClusterKey::generate(k)?;
+    }
+    let layout = Layout::new(&cfg)?;
     let spec = spec(args, workload);
     let budget = (args.secondary_dram.0 / PAGE_SIZE as u64) as usize;
     let mut follower = Follower::open(&layout, budget)?;
-    let writer = vmtier_repl::LogWriter::claim(layout.open_store()?, &holder_name()).context("claiming the log")?;
+    let writer =
+        vmtier_repl::LogWriter::claim(layout.open_store()?, &layout.key, &holder_name()).context("claiming the log")?;
     let epoch = writer.epoch();
     let engine = Engine::start(layout.engine_for(epoch, None)).context("starting the primary's engine")?;
     let progress = Progress::new();
@@ -311,7 +317,8 @@ fn one_failover(
         // The bench starts one new primary per strategy, each claiming the log for itself; the
         // real failover's one claim is the follower's above. So the clock starts after it.
         let store = layout.open_store()?;
-        let writer = vmtier_repl::LogWriter::claim(store.clone(), &holder_name()).context("claiming the log")?;
+        let writer =
+            vmtier_repl::LogWriter::claim(store.clone(), &layout.key, &holder_name()).context("claiming the log")?;
         let new_epoch = writer.epoch();
         let mut started = Instant::now();
         let take = follower.inherit(&strategy)?;
@@ -377,6 +384,7 @@ fn resume(
 ) -> anyhow::Result<Vec<(Instant, u64)>> {
     let progress = Progress::new();
     let start = Instant::now();
+    let key = writer.key().clone();
     std::thread::scope(|s| {
         let primary = s.spawn(|| {
             serve(
@@ -394,7 +402,7 @@ fn resume(
             samples.push((Instant::now(), progress.done.load(Ordering::Relaxed)));
             std::thread::sleep(Duration::from_millis(1));
         }
-        let stopper = vmtier_repl::LogWriter::claim(store.clone(), &holder_name());
+        let stopper = vmtier_repl::LogWriter::claim(store.clone(), &key, &holder_name());
         let served = primary.join().map_err(|_| anyhow::anyhow!("the new primary's thread panicked"))??;
         stopper.context("claiming the log to stop the new primary")?;
         if served.replication.fenced.is_none() {

@@ -200,8 +200,9 @@ fn config_text(args: &Args, data_dir: &Path, interval_ms: u64) -> String {
         "data_dir = {data:?}\n\
          [engine]\nmemory = \"{memory}\"\ndram = \"{dram}\"\n\
          [workload]\nguest = \"vm\"\nkind = {kind:?}\naccesses = {accesses}\nwrite_fraction = {wf}\n\
-         [replication]\ninterval_ms = {interval_ms}\n",
+         [replication]\ninterval_ms = {interval_ms}\nkey_file = {key:?}\n",
         data = data_dir.to_string_lossy(),
+        key = data_dir.with_extension("key").to_string_lossy(),
         memory = args.memory,
         dram = args.dram,
         kind = args.workload,
@@ -252,6 +253,7 @@ fn run_one(args: &Args, root: &Path, round: u32, interval_ms: Option<u64>) -> an
     let config = dir.join("bench.toml");
     std::fs::write(&config, config_text(args, &dir.join("data"), interval_ms.unwrap_or(TARGET_INTERVAL_MS)))
         .with_context(|| format!("writing {}", config.display()))?;
+    vmtier_repl::ClusterKey::generate(&dir.join("data.key"))?;
     let exe = std::env::current_exe().context("finding this executable to run the bench's children")?;
     let sub: &[&str] = if interval_ms.is_some() { &["primary"] } else { &["vm", "run"] };
     let command = format!("vmtier {} --config {} --json", sub.join(" "), config.display());

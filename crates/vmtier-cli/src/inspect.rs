@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 use vmtier_repl::log::{HEARTBEAT_KEY, LEASE_PREFIX, LOG_PREFIX, epoch_key, log_key, read_claim, read_heartbeat};
-use vmtier_repl::{Location, Record, ReplicaMap, SharedStore};
+use vmtier_repl::{ClusterKey, Location, Record, ReplicaMap, SharedStore};
 use vmtier_storage::ObjectConfig;
+use vmtier_storage::object::redact_url;
 use vmtier_storage::segment;
 
 use crate::ha::{Layout, SharedPages};
@@ -39,6 +40,10 @@ pub struct Args {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// The cluster key file (`vmtier keygen`), to authenticate a log's records and pages; with
+    /// `--config`, overrides `replication.key_file`. Not needed for tier-3 segments alone.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// One thing found wrong.
@@ -203,21 +208,38 @@ enum Target {
 /// Runs `vmtier inspect`; `Ok(true)` if nothing is corrupt, `Ok(false)` if something is (exit 1);
 /// an error is bad usage or an unreachable store (exit 2).
 pub fn run(args: &Args) -> anyhow::Result<bool> {
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(p) => Some(RunConfig::load(p)?),
         None => None,
     };
-    let layout = cfg.as_ref().map(Layout::new);
+    if let (Some(c), Some(k)) = (cfg.as_mut(), &args.key_file) {
+        c.replication.key_file = Some(k.clone());
+    }
+    let layout = match (&cfg, &args.config) {
+        (Some(c), Some(p)) => Some(Layout::new(c).with_context(|| format!("config file {}", p.display()))?),
+        _ => None,
+    };
+    // The key for a log: the layout's, or --key-file's.
+    let key = |l: Option<&Layout>| -> anyhow::Result<vmtier_repl::ClusterKey> {
+        match (l, &args.key_file) {
+            (Some(l), _) => Ok(l.key.clone()),
+            (None, Some(k)) => Ok(vmtier_repl::ClusterKey::load(k)?),
+            (None, None) => Err(anyhow::anyhow!(
+                "inspecting a replication log needs its cluster key to authenticate the records: \
+                 give --key-file FILE (or --config with `replication.key_file`); `vmtier keygen FILE` makes a key"
+            )),
+        }
+    };
     let report = match (&args.path, &layout) {
         (None, None) => anyhow::bail!(
             "nothing to inspect: give a PATH (a log directory, a tier-3 segment directory or an s3:// URL of either) or --config FILE"
         ),
-        (None, Some(l)) => inspect_log(&l.shared, Some(l))?,
+        (None, Some(l)) => inspect_log(&l.shared, Some(l), &key(Some(l))?)?,
         (Some(path), l) => match classify(path, l.as_ref())? {
-            Target::Log(shared) => inspect_log(&shared, l.as_ref())?,
+            Target::Log(shared) => inspect_log(&shared, l.as_ref(), &key(l.as_ref())?)?,
             Target::Segments(t3) => {
-                let store = vmtier_repl::open_store(&t3).with_context(|| format!("opening {}", t3.url))?;
-                let mut r = Report::new("tier3", t3.url.clone());
+                let store = vmtier_repl::open_store(&t3).with_context(|| format!("opening {}", redact_url(&t3.url)))?;
+                let mut r = Report::new("tier3", redact_url(&t3.url));
                 let s = check_segments(&*store, "", &t3.url, &mut r)?;
                 r.segments.push(s);
                 r
@@ -313,20 +335,21 @@ fn log_head(store: &dyn SharedStore) -> anyhow::Result<u64> {
     Ok(keys.iter().filter_map(|k| parse_key(k, LOG_PREFIX, ".rec", log_key)).max().unwrap_or(0))
 }
 
-fn inspect_log(shared: &ObjectConfig, layout: Option<&Layout>) -> anyhow::Result<Report> {
-    let store = vmtier_repl::open_store(shared).with_context(|| format!("opening the log store at {}", shared.url))?;
-    inspect_log_once(&*store, layout)
+fn inspect_log(shared: &ObjectConfig, layout: Option<&Layout>, key: &ClusterKey) -> anyhow::Result<Report> {
+    let store = vmtier_repl::open_store(shared)
+        .with_context(|| format!("opening the log store at {}", redact_url(&shared.url)))?;
+    inspect_log_once(&*store, layout, key)
 }
 
 /// The log, the lease and the stores.
-fn inspect_log_once(store: &dyn SharedStore, layout: Option<&Layout>) -> anyhow::Result<Report> {
+fn inspect_log_once(store: &dyn SharedStore, layout: Option<&Layout>, key: &ClusterKey) -> anyhow::Result<Report> {
     let mut r = Report::new("log", store.describe());
-    let map = check_log(store, &mut r)?;
-    check_lease(store, &mut r)?;
+    let map = check_log(store, key, &mut r)?;
+    check_lease(store, key, &mut r)?;
     let newest = r.log.as_ref().and_then(|l| l.newest_committed);
     let mut pages_ok = true;
     if let Some(map) = &map {
-        pages_ok = check_pages(store, map, layout, &mut r)?;
+        pages_ok = check_pages(store, key, map, layout, &mut r)?;
     }
     if let Some(l) = layout {
         find_orphans(l, map.as_ref(), &mut r)?;
@@ -398,13 +421,13 @@ impl Replay {
 }
 
 /// Replays records `chain.start..=chain.last` again (after damage ended that chain).
-fn replay_chain(store: &dyn SharedStore, chain: Chain) -> anyhow::Result<Option<ReplicaMap>> {
+fn replay_chain(store: &dyn SharedStore, ck: &ClusterKey, chain: Chain) -> anyhow::Result<Option<ReplicaMap>> {
     let Some(last) = chain.last else { return Ok(None) };
     let mut map = ReplicaMap::new();
     for seq in chain.start..=last.seq {
         let key = log_key(seq);
         let bytes = store.get(&key)?.with_context(|| format!("{key} vanished while inspecting"))?;
-        let rec = vmtier_repl::decode(&bytes).with_context(|| format!("{key} changed while inspecting"))?;
+        let rec = vmtier_repl::decode(ck, &key, &bytes).with_context(|| format!("{key} changed while inspecting"))?;
         map.apply_record(&rec).with_context(|| format!("replaying {key} again"))?;
     }
     Ok(Some(map))
@@ -412,7 +435,7 @@ fn replay_chain(store: &dyn SharedStore, chain: Chain) -> anyhow::Result<Option<
 
 /// Decodes and checks every record, replaying them through [`ReplicaMap`]; returns the map at
 /// the newest checkpoint reachable by an unbroken replay from a full checkpoint.
-fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<ReplicaMap>> {
+fn check_log(store: &dyn SharedStore, ck: &ClusterKey, r: &mut Report) -> anyhow::Result<Option<ReplicaMap>> {
     let mut sum = LogSummary { store: store.describe(), ..LogSummary::default() };
     let keys = store.list(LOG_PREFIX).context("listing the log")?;
     let mut seqs = Vec::new();
@@ -463,7 +486,7 @@ fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<R
             continue;
         };
         sum.bytes += bytes.len() as u64;
-        let rec = match vmtier_repl::decode(&bytes) {
+        let rec = match vmtier_repl::decode(ck, &key, &bytes) {
             Ok(rec) => rec,
             Err(e) => {
                 r.problem("damaged record", key.clone(), e.to_string(), lost(seq));
@@ -587,7 +610,7 @@ fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<R
         (_, _, Some(ch)) => {
             sum.newest_committed = ch.last;
             sum.replay_from = Some(ch.start);
-            replay_chain(store, ch)?
+            replay_chain(store, ck, ch)?
         }
         _ => None,
     };
@@ -595,7 +618,7 @@ fn check_log(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<Option<R
     Ok(map)
 }
 
-fn check_lease(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<()> {
+fn check_lease(store: &dyn SharedStore, ck: &ClusterKey, r: &mut Report) -> anyhow::Result<()> {
     let mut lease = LeaseSummary::default();
     for k in store.list(LEASE_PREFIX).context("listing the lease")? {
         if k == HEARTBEAT_KEY {
@@ -605,7 +628,7 @@ fn check_lease(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<()> {
             r.notes.push(format!("{k} is not a lease key; readers ignore it"));
             continue;
         };
-        match read_claim(store, epoch) {
+        match read_claim(store, ck, epoch) {
             Ok(Some(c)) if c.epoch == epoch => lease.claims.push(epoch),
             Ok(Some(c)) => r.problem(
                 "epoch claim under the wrong key",
@@ -622,7 +645,7 @@ fn check_lease(store: &dyn SharedStore, r: &mut Report) -> anyhow::Result<()> {
             ),
         }
     }
-    match read_heartbeat(store) {
+    match read_heartbeat(store, ck) {
         Ok(Some(h)) => {
             let newest_claim = lease.claims.last().copied().unwrap_or(0);
             if h.epoch > newest_claim {
@@ -671,7 +694,10 @@ fn loc_name(loc: Location, layout: Option<&Layout>) -> String {
         }
         (Location::Ssd { store, slot }, None) => format!("tier-2 slot {slot} of epoch {store}"),
         (Location::Object { store, segment, index }, Some(l)) => {
-            format!("tier-3 page {index} of segment seg-{segment:08x}.vts of epoch {store} ({})", l.tier3(store).url)
+            format!(
+                "tier-3 page {index} of segment seg-{segment:08x}.vts of epoch {store} ({})",
+                redact_url(&l.tier3(store).url)
+            )
         }
         (Location::Object { store, segment, index }, None) => {
             format!("tier-3 page {index} of segment seg-{segment:08x}.vts of epoch {store}")
@@ -683,6 +709,7 @@ fn loc_name(loc: Location, layout: Option<&Layout>) -> String {
 /// whether every page read back intact.
 fn check_pages(
     store: &dyn SharedStore,
+    ck: &ClusterKey,
     map: &ReplicaMap,
     layout: Option<&Layout>,
     r: &mut Report,
@@ -714,14 +741,15 @@ fn check_pages(
         if total >= PROGRESS_EVERY && i > 0 && i % PROGRESS_EVERY == 0 {
             eprintln!("inspect: read back {i} of {total} pages");
         }
-        match reader.read(loc, crc, &mut buf) {
+        let entry = map.entry(page).unwrap_or(vmtier_repl::PageLoc { page, loc, crc, tag: [0; 16] });
+        match reader.read(&entry, &mut buf) {
             Ok(()) => s.read_back += 1,
             Err(e) => failed.push((page, loc, crc, e)),
         }
     }
     // A running primary frees a copy once a newer commit no longer references it: a failed page
     // that a checkpoint committed after ours changed is not damage.
-    let changed = if failed.is_empty() { BTreeSet::new() } else { changed_since(store, map, seq)? };
+    let changed = if failed.is_empty() { BTreeSet::new() } else { changed_since(store, ck, map, seq)? };
     for (page, loc, _, e) in failed {
         if changed.contains(&page) {
             s.superseded += 1;
@@ -754,11 +782,16 @@ fn check_pages(
 
 /// Pages whose location or crc a checkpoint committed after `seq` changed against `map` (the
 /// log as it is now, after the pages were read).
-fn changed_since(store: &dyn SharedStore, map: &ReplicaMap, seq: u64) -> anyhow::Result<BTreeSet<u32>> {
+fn changed_since(
+    store: &dyn SharedStore,
+    ck: &ClusterKey,
+    map: &ReplicaMap,
+    seq: u64,
+) -> anyhow::Result<BTreeSet<u32>> {
     let mut changed = BTreeSet::new();
     for next in seq + 1..=log_head(store)? {
         let Some(bytes) = store.get(&log_key(next))? else { continue };
-        let Ok(Record::Checkpoint(c)) = vmtier_repl::decode(&bytes) else { continue };
+        let Ok(Record::Checkpoint(c)) = vmtier_repl::decode(ck, &log_key(next), &bytes) else { continue };
         let listed: BTreeMap<u32, (Location, u32)> = c.pages.iter().map(|p| (p.page, (p.loc, p.crc))).collect();
         for (page, loc, crc) in map.iter() {
             match listed.get(&page) {
@@ -833,9 +866,10 @@ fn find_orphans(l: &Layout, map: Option<&ReplicaMap>, r: &mut Report) -> anyhow:
     if local && !Path::new(base.url.strip_prefix("file://").unwrap_or(&base.url)).is_dir() {
         return Ok(());
     }
-    let store = vmtier_repl::open_store(&base).with_context(|| format!("opening tier 3 at {}", base.url))?;
+    let store =
+        vmtier_repl::open_store(&base).with_context(|| format!("opening tier 3 at {}", redact_url(&base.url)))?;
     let mut by_epoch: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for k in store.list("").with_context(|| format!("listing tier 3 at {}", base.url))? {
+    for k in store.list("").with_context(|| format!("listing tier 3 at {}", redact_url(&base.url)))? {
         let Some((dir, name)) = k.split_once('/') else { continue };
         let (Some(epoch), true) = (epoch_dir(dir), is_segment_key(name)) else { continue };
         by_epoch.entry(epoch).or_default().0 += 1;
@@ -1004,7 +1038,7 @@ mod tests {
     fn ckpt(full: bool, pages: &[(u32, u32, u32)], whole: &[(u32, u32)]) -> Checkpoint {
         Checkpoint {
             full,
-            pages: pages.iter().map(|&(page, slot, crc)| PageLoc { page, loc: ssd(slot), crc }).collect(),
+            pages: pages.iter().map(|&(page, slot, crc)| PageLoc { page, loc: ssd(slot), crc, tag: [0; 16] }).collect(),
             digest: map_digest(whole.iter().copied()),
             ..Checkpoint::default()
         }
@@ -1015,7 +1049,8 @@ mod tests {
     #[test]
     fn changed_since_names_pages_later_checkpoints_moved() {
         let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
-        let mut log = LogWriter::claim(store.clone(), "t:1").unwrap();
+        let ck = ClusterKey::from_bytes(&[3; 32], "test").unwrap();
+        let mut log = LogWriter::claim(store.clone(), &ck, "t:1").unwrap();
         log.commit(&ckpt(
             true,
             &[(1, 1, 11), (2, 2, 22), (3, 3, 33), (4, 4, 44)],
@@ -1023,11 +1058,12 @@ mod tests {
         ))
         .unwrap();
         let mut map = ReplicaMap::new();
-        map.apply_record(&vmtier_repl::decode(&store.get(&log_key(1)).unwrap().unwrap()).unwrap()).unwrap();
-        assert!(changed_since(&*store, &map, 1).unwrap().is_empty());
+        map.apply_record(&vmtier_repl::decode(&ck, &log_key(1), &store.get(&log_key(1)).unwrap().unwrap()).unwrap())
+            .unwrap();
+        assert!(changed_since(&*store, &ck, &map, 1).unwrap().is_empty());
         // 2: page 2 moves to another slot (same content); 3: full, page 4 gone, page 1 as before.
         log.commit(&ckpt(false, &[(2, 9, 22)], &[(1, 11), (2, 22), (3, 33), (4, 44)])).unwrap();
         log.commit(&ckpt(true, &[(1, 1, 11), (2, 9, 22), (3, 3, 33)], &[(1, 11), (2, 22), (3, 33)])).unwrap();
-        assert_eq!(changed_since(&*store, &map, 1).unwrap(), BTreeSet::from([2, 4]));
+        assert_eq!(changed_since(&*store, &ck, &map, 1).unwrap(), BTreeSet::from([2, 4]));
     }
 }

@@ -101,6 +101,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new cluster key (32 random bytes, mode 0600) to FILE, for `replication.key_file`;
+    /// copy the same file to every host of the replicated VM. Never overwrites.
+    Keygen {
+        /// The key file to create.
+        file: PathBuf,
+    },
     /// Validate a replication log (records, replay, lease, the pages of its newest checkpoint)
     /// or tier-3 segments: exit 0 clean, 1 corruption found, 2 bad usage.
     Inspect(inspect::Args),
@@ -179,9 +185,13 @@ struct JobOpts {
     /// Directory for tier 2 and tier 3.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9898.
+    /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9898 (loopback only, unless
+    /// --metrics-allow-remote).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow --metrics-addr to be a non-loopback address (the endpoint has no authentication).
+    #[arg(long)]
+    metrics_allow_remote: bool,
 }
 
 impl JobOpts {
@@ -220,6 +230,9 @@ impl JobOpts {
         }
         if let Some(a) = self.metrics_addr {
             cfg.metrics.addr = Some(a);
+        }
+        if self.metrics_allow_remote {
+            cfg.metrics.allow_remote = true;
         }
         cfg.finish()
     }
@@ -340,6 +353,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             true
         }
         Command::Inspect(args) => inspect::run(&args)?,
+        Command::Keygen { file } => {
+            let key = vmtier_repl::ClusterKey::generate(&file)?;
+            println!(
+                "vmtier keygen: wrote a new cluster key to {} (mode 0600, key id {:08x}); set `replication.key_file` to it and copy it to every host",
+                file.display(),
+                key.id()
+            );
+            true
+        }
         Command::BaselineChild(args) => baseline::child::run(&args)?,
     };
     Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(1) })

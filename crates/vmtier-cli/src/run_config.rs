@@ -81,6 +81,11 @@ pub struct ReplicationSection {
     pub secret_access_key: Option<String>,
     /// Allow a plain-HTTP endpoint.
     pub allow_http: bool,
+    /// The cluster key file (`vmtier keygen FILE`; mode 0600, the same file on every host):
+    /// authenticates every record and stored page on shared storage. Required by `primary`,
+    /// `secondary`, `failover`, `status` and `inspect` of a log. Relative paths are relative
+    /// to the working directory.
+    pub key_file: Option<PathBuf>,
     /// Time between checkpoints, ms (25–100 is the intended range).
     pub interval_ms: u64,
     /// Time between the primary's heartbeats, ms.
@@ -112,6 +117,7 @@ impl Default for ReplicationSection {
             access_key_id: None,
             secret_access_key: None,
             allow_http: false,
+            key_file: None,
             interval_ms: 100,
             heartbeat_ms: 100,
             lease_timeout_ms: 1000,
@@ -127,9 +133,11 @@ impl Default for ReplicationSection {
 impl std::fmt::Debug for ReplicationSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicationSection")
-            .field("shared", &self.shared)
-            .field("endpoint", &self.endpoint)
+            .field("shared", &self.shared.as_deref().map(vmtier_storage::object::redact_url))
+            .field("endpoint", &self.endpoint.as_deref().map(vmtier_storage::object::redact_url))
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<redacted>"))
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("key_file", &self.key_file)
             .field("interval_ms", &self.interval_ms)
             .field("lease_timeout_ms", &self.lease_timeout_ms)
             .field("secondary_dram", &self.secondary_dram)
@@ -138,6 +146,12 @@ impl std::fmt::Debug for ReplicationSection {
 }
 
 impl ReplicationSection {
+    /// Loads the cluster key from `key_file`; an error that says how to make one if unset.
+    pub fn cluster_key(&self) -> anyhow::Result<vmtier_repl::ClusterKey> {
+        let path = self.key_file.as_deref().ok_or(vmtier_repl::KeyError::NotConfigured)?;
+        Ok(vmtier_repl::ClusterKey::load(path)?)
+    }
+
     fn validate(&self, engine: &EngineConfig) -> anyhow::Result<()> {
         let ms = |key: &str, v: u64, lo: u64, hi: u64| {
             if !(lo..=hi).contains(&v) {
@@ -328,8 +342,30 @@ impl WorkloadSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsSection {
-    /// Serve Prometheus metrics at this address (e.g. `127.0.0.1:9898`); off if unset.
+    /// Serve Prometheus metrics at this address (e.g. `127.0.0.1:9898`); off if unset. Must be a
+    /// loopback address unless `allow_remote` is set.
     pub addr: Option<SocketAddr>,
+    /// Allow `addr` to be a non-loopback address. The endpoint has no authentication and tells
+    /// anyone who can reach it about the guest's memory behaviour; off by default.
+    pub allow_remote: bool,
+}
+
+impl MetricsSection {
+    /// Refuses a non-loopback address unless `allow_remote` is set.
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(addr) = self.addr
+            && !addr.ip().is_loopback()
+            && !self.allow_remote
+        {
+            bail!(
+                "invalid `metrics.addr` = {addr}: not a loopback address, and the metrics endpoint has no authentication; \
+                 use 127.0.0.1:{port} (or [::1]:{port}), or set `metrics.allow_remote = true` \
+                 (`--metrics-allow-remote`) to serve it to other hosts",
+                port = addr.port()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl RunConfig {
@@ -374,6 +410,7 @@ impl RunConfig {
         }
         self.engine.validate("engine.")?;
         self.replication.validate(&self.engine)?;
+        self.metrics.validate()?;
         match self.workload.guest {
             GuestChoice::InProcess => {
                 self.workload.to_config()?;
@@ -495,6 +532,40 @@ mod tests {
         assert!(e.contains("intervall_ms"), "{e}");
         let secret = RunConfig::parse("[replication]\nsecret_access_key = \"hunter2\"").unwrap();
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn metrics_bind_to_loopback_unless_allowed() {
+        assert!(RunConfig::parse("[metrics]\naddr = \"127.0.0.1:9898\"").is_ok());
+        assert!(RunConfig::parse("[metrics]\naddr = \"[::1]:9898\"").is_ok());
+        let e = format!("{:#}", RunConfig::parse("[metrics]\naddr = \"0.0.0.0:9898\"").unwrap_err());
+        assert!(e.contains("metrics.addr") && e.contains("allow_remote"), "{e}");
+        let ok = RunConfig::parse("[metrics]\naddr = \"0.0.0.0:9898\"\nallow_remote = true").unwrap();
+        assert!(ok.metrics.allow_remote);
+    }
+
+    /// Planted credentials appear in no `Debug` output (configs, their S3 settings, the key).
+    #[test]
+    fn planted_credentials_never_show_in_debug() {
+        let text = "[engine.tier3]\nurl = \"s3://b/p\"\nendpoint = \"http://PLANTEDUSER:PLANTEDPASS@127.0.0.1:9\"\n\
+                    access_key_id = \"AKIAPLANTEDID\"\nsecret_access_key = \"PLANTEDSECRET\"\n\
+                    [replication]\nshared = \"s3://PLANTEDUSER:PLANTEDPASS@b/ha\"\naccess_key_id = \"AKIAPLANTEDID\"\n\
+                    secret_access_key = \"PLANTEDSECRET\"\n";
+        let cfg = RunConfig::parse(text).unwrap();
+        let layout_cfg = vmtier_storage::ObjectConfig {
+            url: cfg.replication.shared.clone().unwrap(),
+            endpoint: cfg.engine.tier3.endpoint.clone(),
+            access_key_id: cfg.replication.access_key_id.clone(),
+            secret_access_key: cfg.replication.secret_access_key.clone(),
+            ..vmtier_storage::ObjectConfig::new("x")
+        };
+        let all = format!("{cfg:?} {:?} {:?} {layout_cfg:?}", cfg.engine, cfg.engine.tier3.object_config());
+        let json = serde_json::to_string(&cfg.engine).unwrap();
+        for secret in ["PLANTEDSECRET", "AKIAPLANTEDID", "PLANTEDPASS", "PLANTEDUSER"] {
+            assert!(!all.contains(secret), "{secret} in Debug: {all}");
+            assert!(!json.contains(secret), "{secret} in JSON: {json}");
+        }
+        assert!(all.contains("<redacted>"), "{all}");
     }
 
     #[test]

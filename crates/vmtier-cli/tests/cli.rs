@@ -303,3 +303,67 @@ fn bench_fault_json() {
     assert!(ratio.is_finite() && ratio > 0.0, "tier2_hit_p50_vs_floor_plus_device = {ratio}");
     assert_eq!(u64_key(&m, "pages"), 500);
 }
+
+/// A metrics address other hosts can reach is refused unless explicitly allowed.
+#[test]
+fn metrics_refuse_a_non_loopback_address() {
+    let dir = tempdir();
+    let out = run(dir.path(), &["demo", "--memory", "16MiB", "--dram", "4MiB", "--metrics-addr", "0.0.0.0:9"]);
+    let err = fails_with_2(&out);
+    assert!(err.contains("metrics.addr") && err.contains("--metrics-allow-remote"), "{err}");
+}
+
+/// Credentials planted in a replicated VM's config (S3 keys, a URL with user:password, the
+/// cluster key's bytes) appear in no output of `keygen`, `status`, `inspect`, with debug logs.
+#[test]
+fn planted_credentials_never_appear_in_output() {
+    let dir = tempdir();
+    let key = dir.path().join("cluster.key");
+    let mut outputs = vec![run(dir.path(), &["keygen", key.to_str().unwrap()])];
+    assert_eq!(outputs[0].status.code(), Some(0), "{}", describe(&outputs[0]));
+    let key_hex: String = std::fs::read(&key).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let cfg = dir.path().join("vm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {data:?}\n\
+             [engine.tier3]\nendpoint = \"http://PLANTEDUSER:PLANTEDPASS@127.0.0.1:9\"\n\
+             access_key_id = \"AKIAPLANTEDID\"\nsecret_access_key = \"PLANTEDSECRET\"\n\
+             [replication]\nkey_file = {key:?}\nendpoint = \"http://PLANTEDUSER:PLANTEDPASS@127.0.0.1:9\"\n\
+             access_key_id = \"AKIAPLANTEDID\"\nsecret_access_key = \"PLANTEDSECRET\"\n",
+            data = dir.path().join("data").to_string_lossy(),
+            key = key.to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for args in [&["status", "-c", c, "--json"][..], &["status", "-c", c], &["inspect", "--config", c, "--json"]] {
+        outputs.push(vmtier(dir.path()).env("VMTIER_LOG", "debug").args(args).output().unwrap());
+    }
+    // The log in S3 at a URL with credentials: the error names the store, redacted.
+    let s3 = dir.path().join("s3.toml");
+    std::fs::write(
+        &s3,
+        format!(
+            "data_dir = {data:?}\n[replication]\nkey_file = {key:?}\nshared = \"s3://PLANTEDUSER:PLANTEDPASS@bucket/ha\"\n\
+             endpoint = \"http://PLANTEDUSER:PLANTEDPASS@127.0.0.1:9\"\nallow_http = true\nsecret_access_key = \"PLANTEDSECRET\"\n",
+            data = dir.path().join("data").to_string_lossy(),
+            key = key.to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    let failed =
+        vmtier(dir.path()).env("VMTIER_LOG", "debug").args(["status", "-c", s3.to_str().unwrap()]).output().unwrap();
+    assert_ne!(failed.status.code(), Some(0), "{}", describe(&failed));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("s3://<redacted>@bucket/ha"), "{}", describe(&failed));
+    outputs.push(failed);
+    // A key file others can read is refused, and its bytes are not echoed.
+    std::fs::write(dir.path().join("loose.key"), [0x5a; 40]).unwrap();
+    outputs.push(run(dir.path(), &["inspect", dir.path().to_str().unwrap(), "--key-file", "loose.key"]));
+    for out in &outputs {
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        for secret in ["PLANTEDSECRET", "AKIAPLANTEDID", "PLANTEDPASS", "PLANTEDUSER", &key_hex, "5a5a5a5a", "ZZZZ"] {
+            assert!(!text.contains(secret), "{secret} appears in the output:\n{}", describe(out));
+        }
+    }
+}

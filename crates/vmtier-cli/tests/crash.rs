@@ -43,6 +43,7 @@ kind = "zipf"
 accesses = 1000000000000
 write_fraction = 0.5
 [replication]
+key_file = "{key}"
 interval_ms = 20
 heartbeat_ms = 20
 lease_timeout_ms = 150
@@ -51,11 +52,21 @@ full_every = 10
 preclean = true
 secondary_dram = "4MiB"
 "#,
-            data = dir.join("data").display()
+            data = dir.join("data").display(),
+            key = key_file(dir).display()
         ),
     )
     .expect("write config");
     cfg
+}
+
+/// The cluster key of the chain, made once in `dir`.
+fn key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.key");
+    if !path.exists() {
+        vmtier_repl::ClusterKey::generate(&path).expect("keygen");
+    }
+    path
 }
 
 /// splitmix64: the kill delays, repeatable from a seed.
@@ -240,7 +251,8 @@ fn assert_only_referenced_stores_left(dir: &Path, last_epoch: u64) {
         dir.join("data/shared").to_string_lossy().into_owned(),
     ))
     .expect("open the log");
-    let records = vmtier_repl::LogReader::open(store).expect("open the log").poll().expect("read the log");
+    let key = vmtier_repl::ClusterKey::load(&key_file(dir)).expect("key");
+    let records = vmtier_repl::LogReader::open(store, &key).expect("open the log").poll().expect("read the log");
     let first = records
         .iter()
         .find_map(|r| match r {
@@ -400,8 +412,7 @@ fn killed_secondaries_leave_the_primary_alone_and_a_restarted_one_takes_over_cor
         eprintln!("SKIPPED: /dev/kvm is missing");
         return;
     }
-    let kills: usize =
-        std::env::var("VMTIER_CRASH_SECONDARY_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let kills: usize = std::env::var("VMTIER_CRASH_SECONDARY_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let seed: u64 = std::env::var("VMTIER_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });

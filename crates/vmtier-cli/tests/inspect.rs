@@ -13,7 +13,7 @@ use std::process::Output;
 
 use serde_json::Value;
 use vmtier_repl::log::log_key;
-use vmtier_repl::{Checkpoint, Location, LogWriter, PageLoc, map_digest};
+use vmtier_repl::{Checkpoint, ClusterKey, Location, LogWriter, PageLoc, PageTag, map_digest};
 use vmtier_storage::object::{ObjectConfig, ObjectTier};
 use vmtier_storage::ssd::{SlotId, SsdConfig, SsdStore};
 
@@ -29,6 +29,15 @@ struct Fixture {
     config: PathBuf,
     /// page → (slot, crc) of the newest checkpoint.
     map: HashMap<u32, (u32, u32)>,
+    /// page → keyed tag of the newest checkpoint's copy.
+    tags: HashMap<u32, PageTag>,
+    /// The cluster key (`dir/cluster.key`).
+    key: ClusterKey,
+}
+
+/// Makes the cluster key `dir/cluster.key`.
+fn keygen(dir: &Path) -> ClusterKey {
+    ClusterKey::generate(&dir.join("cluster.key")).expect("keygen")
 }
 
 fn page_bytes(page: u32, version: u32) -> Vec<u8> {
@@ -63,27 +72,34 @@ fn fixture() -> Fixture {
     let dir = tmp.path().to_path_buf();
     let data = dir.join("data");
     let config = dir.join("vm.toml");
+    let key = keygen(&dir);
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[engine.tier2]\nslots_per_file = {SLOTS_PER_FILE}\ndirect_io = false\n",
-            data.to_string_lossy()
+            "data_dir = {:?}\n[engine.tier2]\nslots_per_file = {SLOTS_PER_FILE}\ndirect_io = false\n\
+             [replication]\nkey_file = {:?}\n",
+            data.to_string_lossy(),
+            dir.join("cluster.key").to_string_lossy()
         ),
     )
     .expect("write config");
     let store = vmtier_repl::open_store(&ObjectConfig::new(data.join("shared").to_string_lossy())).expect("store");
-    let mut log = LogWriter::claim(store, "test-host:1").expect("claim");
+    let mut log = LogWriter::claim(store, &key, "test-host:1").expect("claim");
     assert_eq!(log.epoch(), 1);
     let mut cfg = SsdConfig::new(data.join("tier2").join("e000001"));
     cfg.slots_per_file = SLOTS_PER_FILE;
     cfg.direct_io = false;
     let ssd = SsdStore::open(cfg).expect("tier 2");
     let mut map = HashMap::new();
-    let write = |page: u32, version: u32, map: &mut HashMap<u32, (u32, u32)>| {
+    let mut tags = HashMap::new();
+    let mut write = |page: u32, version: u32, map: &mut HashMap<u32, (u32, u32)>| {
         let slot = ssd.alloc().expect("alloc");
-        let crc = ssd.write(slot, &page_bytes(page, version)).expect("write");
+        let bytes = page_bytes(page, version);
+        let crc = ssd.write(slot, &bytes).expect("write");
         map.insert(page, (slot.0, crc));
-        PageLoc { page, loc: Location::Ssd { store: 1, slot: slot.0 }, crc }
+        let tag = key.page_tag(page, &bytes);
+        tags.insert(page, tag);
+        PageLoc { page, loc: Location::Ssd { store: 1, slot: slot.0 }, crc, tag }
     };
     let digest = |map: &HashMap<u32, (u32, u32)>| map_digest(map.iter().map(|(&p, &(_, c))| (p, c)));
     let pages: Vec<PageLoc> = (0..PAGES).map(|p| write(p, 0, &mut map)).collect();
@@ -96,7 +112,7 @@ fn fixture() -> Fixture {
     }
     ssd.sync().expect("sync");
     log.heartbeat(3).expect("heartbeat");
-    Fixture { _tmp: tmp, dir, config, map }
+    Fixture { _tmp: tmp, dir, config, map, tags, key }
 }
 
 fn json(out: &Output, code: i32) -> Value {
@@ -144,9 +160,20 @@ fn clean_log_and_stores_exit_0() {
 
     // The log directory as PATH (pages are not read without the config).
     let shared = f.data().join("shared");
-    let v = json(&common::vmtier_in(&f.dir, &["inspect", shared.to_str().unwrap(), "--json"]), 0);
+    let key = f.dir.join("cluster.key");
+    let v = json(
+        &common::vmtier_in(
+            &f.dir,
+            &["inspect", shared.to_str().unwrap(), "--key-file", key.to_str().unwrap(), "--json"],
+        ),
+        0,
+    );
     assert_eq!(v["kind"], "log");
     assert_eq!(v["pages"]["checked"], false);
+    // Without the key, a log cannot be inspected: the error says how to get one.
+    let out = common::vmtier_in(&f.dir, &["inspect", shared.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--key-file"), "{}", describe(&out));
 }
 
 #[test]
@@ -154,7 +181,7 @@ fn flipped_byte_in_a_record_names_it_and_the_intact_checkpoint_before() {
     let f = fixture();
     let path = f.record(2);
     let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() - 3;
+    let at = bytes.len() - vmtier_repl::record::TRAILER_LEN - 3; // in the body, before the MAC
     bytes[at] ^= 0x40;
     std::fs::write(&path, bytes).unwrap();
     let v = json(&f.inspect(&[]), 1);
@@ -208,6 +235,57 @@ fn overwritten_tier2_slot_names_the_page_and_location() {
     );
     assert_eq!(v["pages"]["bad"], 1);
     assert_eq!(v["pages"]["read_back"], PAGES - 1);
+}
+
+/// A page replaced by one with the same crc32c (anyone can compute one) but without the
+/// cluster key's tag: inspect names it as failing authentication.
+#[test]
+fn forged_tier2_page_with_a_matching_crc_fails_authentication() {
+    let f = fixture();
+    let (slot, crc) = f.map[&6];
+    let mut cfg = SsdConfig::new(f.data().join("tier2").join("e000001"));
+    cfg.slots_per_file = SLOTS_PER_FILE;
+    cfg.direct_io = false;
+    let reader = SsdStore::open_reader(cfg).unwrap();
+    let (file, offset) = reader.file_path(SlotId(slot));
+    let mut forged = vec![0xEEu8; 4096];
+    common::force_crc32c(&mut forged, crc);
+    assert_eq!(crc32c::crc32c(&forged), crc, "the forgery matches the crc");
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().write_all_at(&forged, offset).unwrap();
+    let v = json(&f.inspect(&[]), 1);
+    let ps = problems(&v);
+    assert!(
+        ps.iter().any(|(_, k, d)| k.starts_with(&format!("tier-2 slot {slot} of epoch 1"))
+            && d.contains("guest page 6")
+            && d.contains("keyed tag")),
+        "{ps:#?}"
+    );
+    assert_eq!(v["pages"]["bad"], 1, "{v:#}");
+}
+
+/// Another cluster's key: inspect refuses every record, naming the key.
+#[test]
+fn the_wrong_key_is_named() {
+    let f = fixture();
+    let other = f.dir.join("other.key");
+    ClusterKey::generate(&other).unwrap();
+    let shared = f.data().join("shared");
+    let out = common::vmtier_in(
+        &f.dir,
+        &["inspect", shared.to_str().unwrap(), "--key-file", other.to_str().unwrap(), "--json"],
+    );
+    let v = json(&out, 1);
+    let ps = problems(&v);
+    assert!(
+        ps.iter().any(|(_, k, d)| k == &log_key(1) && d.contains("another cluster key") && d.contains("other.key")),
+        "{ps:#?}"
+    );
+    // A key file others can read is refused before anything is read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = common::vmtier_in(&f.dir, &["inspect", shared.to_str().unwrap(), "--key-file", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", describe(&out));
 }
 
 #[test]
@@ -277,7 +355,7 @@ fn a_path_of_no_known_kind_exits_2() {
 fn failover(f: &Fixture) -> LogWriter {
     let data = f.data();
     let store = vmtier_repl::open_store(&ObjectConfig::new(data.join("shared").to_string_lossy())).expect("store");
-    let mut log = LogWriter::claim(store, "test-host:2").expect("claim");
+    let mut log = LogWriter::claim(store, &f.key, "test-host:2").expect("claim");
     assert_eq!(log.epoch(), 2);
     let mut cfg = SsdConfig::new(data.join("tier2").join("e000002"));
     cfg.slots_per_file = SLOTS_PER_FILE;
@@ -285,14 +363,15 @@ fn failover(f: &Fixture) -> LogWriter {
     let ssd = SsdStore::open(cfg).expect("tier 2");
     let slot = ssd.alloc().unwrap();
     let crc7 = ssd.write(slot, &page_bytes(7, 20)).unwrap();
+    let tag7 = f.key.page_tag(7, &page_bytes(7, 20));
     ssd.sync().unwrap();
     let mut pages: Vec<PageLoc> = f
         .map
         .iter()
         .filter(|&(&p, _)| p != 7)
-        .map(|(&page, &(s, crc))| PageLoc { page, loc: Location::Ssd { store: 1, slot: s }, crc })
+        .map(|(&page, &(s, crc))| PageLoc { page, loc: Location::Ssd { store: 1, slot: s }, crc, tag: f.tags[&page] })
         .collect();
-    pages.push(PageLoc { page: 7, loc: Location::Ssd { store: 2, slot: slot.0 }, crc: crc7 });
+    pages.push(PageLoc { page: 7, loc: Location::Ssd { store: 2, slot: slot.0 }, crc: crc7, tag: tag7 });
     let digest = map_digest(pages.iter().map(|p| (p.page, p.crc)));
     let full = Checkpoint { full: true, guest_bytes: 1 << 20, pages, digest, ..Checkpoint::default() };
     assert_eq!(log.commit(&full).expect("commit"), 5);
@@ -352,16 +431,22 @@ fn tier3_pages_of_the_checkpoint_and_every_epochs_segments_are_checked() {
     let (loc, crc) = tier.write_segment(&[(9, content.as_slice())]).unwrap()[0];
     let _old = write_segments(&data.join("tier3").join("e000000"));
     let store = vmtier_repl::open_store(&ObjectConfig::new(data.join("shared").to_string_lossy())).unwrap();
-    let mut log = LogWriter::claim(store, "test-host:3").unwrap();
+    let mut log = LogWriter::claim(store, &f.key, "test-host:3").unwrap();
     let mut map: HashMap<u32, u32> = f.map.iter().map(|(&p, &(_, c))| (p, c)).collect();
     map.insert(9, crc);
     let mut pages: Vec<PageLoc> = f
         .map
         .iter()
         .filter(|&(&p, _)| p != 9)
-        .map(|(&page, &(s, crc))| PageLoc { page, loc: Location::Ssd { store: 1, slot: s }, crc })
+        .map(|(&page, &(s, crc))| PageLoc { page, loc: Location::Ssd { store: 1, slot: s }, crc, tag: f.tags[&page] })
         .collect();
-    pages.push(PageLoc { page: 9, loc: Location::Object { store: 1, segment: loc.segment, index: loc.index }, crc });
+    let tag = f.key.page_tag(9, &content);
+    pages.push(PageLoc {
+        page: 9,
+        loc: Location::Object { store: 1, segment: loc.segment, index: loc.index },
+        crc,
+        tag,
+    });
     let digest = map_digest(map.iter().map(|(&p, &c)| (p, c)));
     let full = Checkpoint { full: true, guest_bytes: 1 << 20, pages, digest, ..Checkpoint::default() };
     assert_eq!(log.commit(&full).unwrap(), 5);
@@ -395,7 +480,8 @@ fn a_log_and_segments_in_s3() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = server.config("vm-0/ha");
     let store = vmtier_repl::open_store(&shared).unwrap();
-    let mut log = LogWriter::claim(store, "s3-host:1").unwrap();
+    let key = keygen(tmp.path());
+    let mut log = LogWriter::claim(store, &key, "s3-host:1").unwrap();
     let empty = Checkpoint { full: true, guest_bytes: 1 << 20, ..Checkpoint::default() };
     assert_eq!(log.commit(&empty).unwrap(), 1);
     let _tier = write_segments_at(server.config("vm-0/t3"));
@@ -404,12 +490,13 @@ fn a_log_and_segments_in_s3() {
         &config,
         format!(
             "data_dir = {:?}\n[replication]\nshared = {:?}\nendpoint = {:?}\nregion = \"us-east-1\"\n\
-             access_key_id = {:?}\nsecret_access_key = {:?}\nallow_http = true\n",
+             access_key_id = {:?}\nsecret_access_key = {:?}\nallow_http = true\nkey_file = {:?}\n",
             tmp.path().join("data").to_string_lossy(),
             shared.url,
             shared.endpoint.as_deref().unwrap(),
             s3::ACCESS_KEY,
-            s3::SECRET_KEY
+            s3::SECRET_KEY,
+            tmp.path().join("cluster.key").to_string_lossy()
         ),
     )
     .unwrap();

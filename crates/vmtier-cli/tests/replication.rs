@@ -36,16 +36,28 @@ kind = "zipf"
 accesses = {accesses}
 write_fraction = 0.5
 [replication]
+key_file = "{key}"
 interval_ms = 50
 heartbeat_ms = 50
 lease_timeout_ms = 1000
 secondary_dram = "8MiB"
 "#,
-            data = dir.join("data").display()
+            data = dir.join("data").display(),
+            key = keygen(dir).display()
         ),
     )
     .expect("write config");
     cfg
+}
+
+/// Makes the cluster key `dir/cluster.key` with `vmtier keygen` (once) and returns its path.
+fn keygen(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("cluster.key");
+    if !key.exists() {
+        let out = common::vmtier_in(dir, &["keygen", key.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    key
 }
 
 fn spawn(dir: &Path, args: &[&str]) -> Child {
@@ -199,6 +211,7 @@ accesses = 400000
 write_fraction = 0.5
 [replication]
 shared = "s3://{bucket}/vm-0/ha"
+key_file = "{key}"
 {s3_keys}
 interval_ms = 100
 heartbeat_ms = 100
@@ -207,6 +220,7 @@ secondary_dram = "4MiB"
 "#,
             data = dir.path().join("data").display(),
             bucket = s3::BUCKET,
+            key = keygen(dir.path()).display(),
         ),
     )
     .expect("write config");
@@ -214,4 +228,65 @@ secondary_dram = "4MiB"
     // The log really is in the bucket.
     let logs = server.bucket_dir().join("vm-0/ha/log");
     assert!(std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0) > 0, "no log records under {}", logs.display());
+}
+
+/// Every tier-2 page of the newest checkpoint in `dir`'s log, replaced by bytes with the same
+/// crc32c (anyone who can write the shared directory can compute them) but no keyed tag.
+/// Returns how many pages were forged.
+fn forge_checkpoint_pages(dir: &Path) -> usize {
+    let store = vmtier_repl::open_store(&vmtier_storage::object::ObjectConfig::new(
+        dir.join("data/shared").to_string_lossy().into_owned(),
+    ))
+    .expect("open the log");
+    let key = vmtier_repl::ClusterKey::load(&dir.join("cluster.key")).expect("key");
+    let mut map = vmtier_repl::ReplicaMap::new();
+    for r in vmtier_repl::LogReader::open(store, &key).expect("open the log").poll().expect("read the log") {
+        map.apply_record(&r).expect("apply");
+    }
+    let mut forged = 0;
+    for e in map.entries() {
+        let vmtier_repl::Location::Ssd { store, slot } = e.loc else { continue };
+        let spf = 16384u32;
+        let file = dir.join(format!("data/tier2/e{store:06}/slots-{:05}.dat", slot / spf));
+        let mut page = vec![0u8; 4096];
+        for (i, b) in page.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37) ^ 0xA5;
+        }
+        common::force_crc32c(&mut page, e.crc);
+        let f = std::fs::OpenOptions::new().write(true).open(&file).expect("slot file");
+        std::os::unix::fs::FileExt::write_all_at(&f, &page, u64::from(slot % spf) * 4096).expect("forge");
+        forged += 1;
+    }
+    forged
+}
+
+/// A page of the failed primary's checkpoint replaced on shared storage by one with the right
+/// crc32c but without the cluster key's tag never reaches the guest: the new primary refuses
+/// the copy, says so, and stops rather than run the guest on it.
+#[test]
+fn a_forged_page_with_a_valid_crc_never_reaches_the_guest_on_failover() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 600_000);
+    let cfg_s = cfg.to_str().unwrap();
+    let mut primary = spawn(dir.path(), &["primary", "-c", cfg_s]);
+    let secondary = spawn(dir.path(), &["secondary", "-c", cfg_s, "--manual", "--json"]);
+    wait_until_following(dir.path(), &cfg);
+    primary.kill().expect("SIGKILL the primary");
+    let _ = primary.wait();
+    let forged = forge_checkpoint_pages(dir.path());
+    assert!(forged > 0, "no tier-2 page in the checkpoint to forge");
+    let out = common::vmtier_in(dir.path(), &["failover", "-c", cfg_s, "--wait-secs", "60"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let out = wait(secondary, Duration::from_secs(120), "the secondary after the failover");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("fails authentication") || text.contains("keyed tag"),
+        "{forged} forged pages were not refused by their tag:\n{}",
+        describe(&out)
+    );
+    // Whatever the guest did, it never verified a run on forged data.
+    assert!(!text.contains("\"verified\":true") && !text.contains("\"verified\": true"), "{}", describe(&out));
 }

@@ -32,6 +32,10 @@ pub struct EngineConfig {
     /// replicating commands (`vmtier primary`), not read from a config file.
     #[serde(skip)]
     pub replicate: bool,
+    /// Authenticate stored pages with this keyed tag ([`crate::auth`]): set by the replicating
+    /// commands, whose tiers are on shared storage; not read from a config file.
+    #[serde(skip)]
+    pub page_auth: Option<crate::PageAuthHandle>,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +50,7 @@ impl Default for EngineConfig {
             fault: FaultConfig::default(),
             prefetch: PrefetchConfig::default(),
             replicate: false,
+            page_auth: None,
         }
     }
 }
@@ -91,12 +96,15 @@ impl Default for Tier2Config {
 #[serde(default, deny_unknown_fields)]
 pub struct Tier3Config {
     /// A local directory (`path` or `file:///path`) or `s3://bucket/prefix`.
+    #[serde(serialize_with = "ser_redacted")]
     pub url: String,
     /// S3 endpoint, e.g. `http://127.0.0.1:9000` (default: the `AWS_ENDPOINT` environment variable or AWS).
+    #[serde(serialize_with = "ser_redacted_opt")]
     pub endpoint: Option<String>,
     /// S3 region (default: `AWS_REGION` / `AWS_DEFAULT_REGION`).
     pub region: Option<String>,
-    /// S3 access key id (default: `AWS_ACCESS_KEY_ID`).
+    /// S3 access key id (default: `AWS_ACCESS_KEY_ID`). Never printed.
+    #[serde(skip_serializing)]
     pub access_key_id: Option<String>,
     /// S3 secret key (default: `AWS_SECRET_ACCESS_KEY`). Never printed.
     #[serde(skip_serializing)]
@@ -109,13 +117,25 @@ pub struct Tier3Config {
     pub compact_dead_fraction: f64,
 }
 
+/// Serializes a URL with its credentials (`user:password@`) redacted.
+fn ser_redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&vmtier_storage::object::redact_url(url))
+}
+
+fn ser_redacted_opt<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&vmtier_storage::object::redact_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
 impl std::fmt::Debug for Tier3Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tier3Config")
-            .field("url", &self.url)
-            .field("endpoint", &self.endpoint)
+            .field("url", &vmtier_storage::object::redact_url(&self.url))
+            .field("endpoint", &self.endpoint.as_deref().map(vmtier_storage::object::redact_url))
             .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<redacted>"))
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
             .field("allow_http", &self.allow_http)
             .field("segment_bytes", &self.segment_bytes)

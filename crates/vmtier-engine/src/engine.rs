@@ -234,6 +234,7 @@ impl Engine {
         if cfg.replicate {
             pager.repl = Some(ReplTrack::new(pages));
         }
+        pager.tags = crate::auth::Tags::new(cfg.page_auth.as_ref().map(|h| h.0.clone()), pages);
         if let Some((warm, stored, source)) = inherit {
             // No thread runs yet: every lock is free.
             for p in stored {

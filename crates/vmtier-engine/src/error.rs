@@ -88,6 +88,16 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// A stored copy passed its crc32c but not its keyed tag: someone without the key wrote it.
+    #[error(
+        "guest page {page}: its stored copy at {home:?} fails authentication (right crc32c, wrong keyed tag): it was not written by this primary and is never served"
+    )]
+    Unauthenticated {
+        /// Guest page number.
+        page: u64,
+        /// Where the copy is.
+        home: crate::Home,
+    },
     /// A checkpoint step was asked of an engine started without replication.
     #[error("replication is off: start the engine with `replicate` set to take checkpoints")]
     ReplicationOff,
@@ -124,7 +134,7 @@ impl EngineError {
         match self {
             EngineError::Tier2 { source, .. } => matches!(source, SsdError::Corrupt { .. }),
             EngineError::Tier3 { source, .. } => matches!(source, ObjectError::Corrupt { .. }),
-            EngineError::Poisoned { .. } => true,
+            EngineError::Poisoned { .. } | EngineError::Unauthenticated { .. } => true,
             EngineError::Inherited { source, .. } => source.kind() == std::io::ErrorKind::InvalidData,
             _ => false,
         }

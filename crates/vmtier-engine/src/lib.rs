@@ -6,6 +6,7 @@
 //! tier-3 segment objects in an object store — and move between them under the Memory Tier
 //! Manager ([`mtm`]), driven by real page faults and sampled accesses. See `docs/design.md`.
 
+pub mod auth;
 pub mod config;
 mod dram;
 mod engine;
@@ -22,6 +23,7 @@ pub mod size;
 pub mod stats;
 pub mod tracker;
 
+pub use auth::{PageAuth, PageAuthHandle, PageTag};
 pub use config::{ConfigError, EngineConfig, PolicyKind, PrefetchConfig};
 pub use engine::{
     Engine, ExternalMemory, FEATURES, Inheritance, InheritedPages, MetadataBytes, REGISTER_MODE, Snapshot,

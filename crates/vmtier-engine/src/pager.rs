@@ -92,6 +92,8 @@ pub struct Pager {
     pub(crate) repl: Option<ReplTrack>,
     /// Where `Home::Inherited` pages are read from, after a failover.
     pub(crate) inherited: Option<std::sync::Arc<dyn crate::InheritedPages>>,
+    /// Keyed tags of stored pages, when they are authenticated ([`crate::auth`]).
+    pub(crate) tags: crate::auth::Tags,
 }
 
 /// Most pages written to tier 2 with one batch (1 MiB).
@@ -145,6 +147,7 @@ impl Pager {
             reclaimer: OnceLock::new(),
             repl: None,
             inherited: None,
+            tags: crate::auth::Tags::new(None, 0),
         }
     }
 
@@ -213,12 +216,12 @@ impl Pager {
             Home::Ssd(slot) => {
                 self.ssd.read(slot, v.crc, buf).map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
                 add(&self.stats.bytes_read, PAGE_SIZE as u64);
-                Ok(())
+                self.check_tag(page, v, buf)
             }
             Home::Object(loc) => {
                 self.object.read(loc, v.crc, buf).map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
                 add(&self.stats.bytes_read, PAGE_SIZE as u64);
-                Ok(())
+                self.check_tag(page, v, buf)
             }
             Home::Inherited => {
                 let Some(src) = &self.inherited else {
@@ -232,6 +235,15 @@ impl Pager {
                 Ok(())
             }
         }
+    }
+
+    /// Checks a stored copy read back against the page's keyed tag (when pages are authenticated).
+    fn check_tag(&self, page: usize, v: &PageView, buf: &[u8]) -> Result<(), EngineError> {
+        if self.tags.check(page, buf) {
+            return Ok(());
+        }
+        error!(page, home = ?v.home(), "a stored copy fails authentication: refused");
+        Err(EngineError::Unauthenticated { page: page as u64, home: v.home() })
     }
 
     /// Installs a non-resident page into DRAM; the caller holds the lock and has reserved a
@@ -323,7 +335,9 @@ impl Pager {
             return Ok(false);
         }
         let mut buf = AlignedBuf::zeroed(crcs.len() * PAGE_SIZE);
-        if self.ssd.read_run(first, &crcs, &mut buf).is_err() {
+        if self.ssd.read_run(first, &crcs, &mut buf).is_err()
+            || !buf.chunks_exact(PAGE_SIZE).enumerate().all(|(i, p)| self.tags.check(page + i, p))
+        {
             // Let the single-page path report exactly which page is bad (or retry the I/O).
             self.budget.release(extra.len());
             return Ok(false);
@@ -415,6 +429,7 @@ impl Pager {
             };
             add(&self.stats.tier2_bytes_written, PAGE_SIZE as u64);
             note_modified(g, v, crc);
+            self.tags.seal(page, buf);
             g.set_home(Home::Ssd(slot), crc);
             trace!(page, slot = slot.0, crc, "written to tier 2");
         }
@@ -754,9 +769,11 @@ impl Pager {
         let homes = written?;
         let bytes = (kept.len() * PAGE_SIZE) as u64;
         add(if to == Tier::Object { &self.stats.tier3_bytes_written } else { &self.stats.tier2_bytes_written }, bytes);
-        for ((_, page, g, v), (home, crc)) in kept.into_iter().zip(homes) {
+        for (k, ((_, page, g, v), (home, crc))) in kept.into_iter().zip(homes).enumerate() {
             if v.resident() {
                 note_modified(&g, &v, crc);
+                // Written from DRAM: a new tag. A move between tiers keeps the page's tag.
+                self.tags.seal(page, &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
             }
             g.set_home(home, crc);
             self.release_old(page, v.home());

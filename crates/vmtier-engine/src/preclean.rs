@@ -84,8 +84,9 @@ impl Pager {
             }
         };
         add(&self.stats.tier2_bytes_written, data.len() as u64);
-        for ((page, g, v), (home, crc)) in held.iter().zip(homes) {
+        for (i, ((page, g, v), (home, crc))) in held.iter().zip(homes).enumerate() {
             note_modified(g, v, crc);
+            self.tags.seal(*page, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
             g.set_home(home, crc);
             g.clear(DIRTY);
             self.release_old(*page, v.home());

@@ -64,6 +64,9 @@ pub struct DeltaPage {
     pub home: Home,
     /// crc32c of the stored copy (0 for zeros).
     pub crc: u32,
+    /// The stored copy's keyed tag ([`crate::auth`]; zeros when pages are not authenticated,
+    /// for zeros, and for `Home::Inherited`, whose tag the inherited map holds).
+    pub tag: crate::PageTag,
 }
 
 /// In dirty-log mode, the captures in a row that must find a page unwritten before its
@@ -351,7 +354,7 @@ impl Pager {
                 to_copy.push((page, written.is_none()));
             } else {
                 r.set_pending(page, v.home());
-                stored.push(DeltaPage { page, home: v.home(), crc: v.crc });
+                stored.push(DeltaPage { page, home: v.home(), crc: v.crc, tag: self.tags.get(page as usize) });
             }
         }
         for &page in &ripe {
@@ -375,7 +378,7 @@ impl Pager {
                 } else {
                     // Evicted (or zeroed) between the two passes: its home has the content.
                     r.set_pending(page, v.home());
-                    stored.push(DeltaPage { page, home: v.home(), crc: v.crc });
+                    stored.push(DeltaPage { page, home: v.home(), crc: v.crc, tag: self.tags.get(page as usize) });
                 }
             }
             // Write-protect before copying, so the next write is seen (and clears CAPTURED).
@@ -420,13 +423,15 @@ impl Pager {
                 r.set_pending(page, home);
             }
             self.ssd.sync().map_err(EngineError::SyncTier2)?;
-            for (&(page, captured_home, protected), (home, crc)) in copied.iter().zip(homes) {
+            for (i, (&(page, captured_home, protected), (home, crc))) in copied.iter().zip(homes).enumerate() {
+                let tag = self.tags.compute(page as usize, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
                 let g = lock_page(self.table.get(page as usize));
                 let v = g.view();
                 // Only a write-protected capture can tell that the page is unwritten since.
                 if protected && v.word & CAPTURE_INTACT == CAPTURE_INTACT && v.home() == captured_home {
                     // Unchanged since the capture: the checkpoint's copy is its content.
                     g.set_home(home, crc);
+                    self.tags.set(page as usize, tag);
                     g.clear(DIRTY);
                     if !r.retains(page as usize, captured_home) {
                         self.release(captured_home);
@@ -435,7 +440,7 @@ impl Pager {
                 } else {
                     g.clear(CAPTURED);
                 }
-                stored.push(DeltaPage { page, home, crc });
+                stored.push(DeltaPage { page, home, crc, tag });
             }
         } else if stored.iter().any(|d| matches!(d.home, Home::Ssd(_))) {
             // Slots written outside the checkpoint (evictions, precleaning) that it names only by

@@ -9,7 +9,9 @@ mod common;
 use vmtier_engine::page_table::POISONED;
 use vmtier_engine::{Engine, Home, Tier};
 
-use common::{check_page, config, flip_byte, page_bytes, read_host, tier2_location, tier3_location, write_page};
+use common::{
+    check_page, config, flip_byte, page_bytes, read_host, retry_busy, tier2_location, tier3_location, write_page,
+};
 
 const PAGES: u64 = 128;
 const DRAM_PAGES: u64 = 64;
@@ -112,4 +114,123 @@ fn corruption_found_while_moving_between_tiers() {
     // Page 10 is untouched by all of this.
     assert_eq!(read_host(&engine, 10).expect("page 10"), page_bytes(10, 110));
     check_page(engine.guest_words(), 10, 110);
+}
+
+/// A keyed tag for the test: the engine only needs some function of (page, bytes) that others
+/// cannot compute; FNV-1a over a secret, the page number and the bytes stands in for the
+/// cluster key's HMAC here.
+#[derive(Debug)]
+struct TestAuth(u64);
+
+impl vmtier_engine::PageAuth for TestAuth {
+    fn tag(&self, page: u32, data: &[u8]) -> vmtier_engine::PageTag {
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.0;
+        for &b in page.to_le_bytes().iter().chain(data) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&h.to_le_bytes());
+        t[8..].copy_from_slice(&(!h).to_le_bytes());
+        t
+    }
+}
+
+/// Rewrites the last 4 bytes of `data` so that its crc32c is `want` (crc32c is affine in its
+/// input bits, so anyone can).
+fn force_crc32c(data: &mut [u8], want: u32) {
+    let n = data.len();
+    data[n - 4..].fill(0);
+    let base = crc32c::crc32c(data);
+    let cols: Vec<u32> = (0..32)
+        .map(|i| {
+            data[n - 4 + i / 8] ^= 1 << (i % 8);
+            let c = crc32c::crc32c(data) ^ base;
+            data[n - 4 + i / 8] ^= 1 << (i % 8);
+            c
+        })
+        .collect();
+    // Brute force over GF(2): Gaussian elimination on the 32 x 32 system cols · x = want ^ base.
+    let mut rows: Vec<(u32, bool)> = (0..32)
+        .map(|r| ((0..32).fold(0u32, |m, i| m | (((cols[i] >> r) & 1) << i)), ((want ^ base) >> r) & 1 == 1))
+        .collect();
+    let mut pivots = Vec::new();
+    for col in 0..32 {
+        let k = pivots.len();
+        let Some(p) = (k..32).find(|&r| rows[r].0 >> col & 1 == 1) else { continue };
+        rows.swap(k, p);
+        for r in 0..32 {
+            if r != k && rows[r].0 >> col & 1 == 1 {
+                rows[r].0 ^= rows[k].0;
+                rows[r].1 ^= rows[k].1;
+            }
+        }
+        pivots.push(col);
+    }
+    let x = pivots.iter().enumerate().filter(|(r, _)| rows[*r].1).fold(0u32, |x, (_, &c)| x | 1 << c);
+    data[n - 4..].copy_from_slice(&x.to_le_bytes());
+    assert_eq!(crc32c::crc32c(data), want);
+}
+
+/// Replaces `file` at `offset` with a page of other bytes but the same crc32c as what is there.
+fn forge_page(file: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(file).unwrap();
+    let mut old = vec![0u8; 4096];
+    f.read_exact_at(&mut old, offset).unwrap();
+    let mut forged: Vec<u8> = old.iter().map(|b| b ^ 0x5a).collect();
+    force_crc32c(&mut forged, crc32c::crc32c(&old));
+    f.write_all_at(&forged, offset).unwrap();
+}
+
+/// Moves `page` to `tier`, retrying while a fault handler still holds it (a move that finds the
+/// page locked reports `false` rather than wait).
+fn move_until(engine: &Engine, page: usize, tier: Tier) -> bool {
+    for _ in 0..1000 {
+        if retry_busy("move", || engine.move_page(page, tier)).expect("move") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    false
+}
+
+/// With page authentication on (a replicated primary, whose tiers are shared), a stored copy
+/// replaced by other bytes with the same crc32c is refused and the page poisoned, in tier 2 and
+/// tier 3; copies moved between tiers keep their tag and read fine.
+#[test]
+fn a_forged_copy_with_a_matching_crc_is_refused_when_pages_are_authenticated() {
+    for tier in [Tier::Ssd, Tier::Object] {
+        let (mut cfg, dir) = config(PAGES, DRAM_PAGES);
+        cfg.page_auth = Some(vmtier_engine::PageAuthHandle(std::sync::Arc::new(TestAuth(0x5eed))));
+        let engine = Engine::start(cfg).expect("start engine");
+        let mem = engine.guest_words();
+        for p in 10..13 {
+            write_page(mem, p, p as u64 + 100);
+            assert!(move_until(&engine, p, tier), "page {p} moved to {tier:?}");
+        }
+        // A move between tiers keeps the tag: page 12 goes the other way and still reads.
+        let other = if tier == Tier::Ssd { Tier::Object } else { Tier::Ssd };
+        assert!(move_until(&engine, 12, other), "page 12 moved to {other:?}");
+        assert_eq!(read_host(&engine, 12).expect("moved page"), page_bytes(12, 112));
+        // Forge page 11's copy.
+        let (file, offset) = match tier {
+            Tier::Ssd => tier2_location(&engine, 11),
+            _ => {
+                let (name, offset) = tier3_location(&engine, 11);
+                (std::path::Path::new(&engine.config().tier3.url).join(name), offset)
+            }
+        };
+        assert!(file.starts_with(dir.path()));
+        forge_page(&file, offset);
+        let e = read_host(&engine, 11).expect_err("a forged copy must not be read");
+        assert!(matches!(e, vmtier_engine::EngineError::Unauthenticated { page: 11, .. }), "{tier:?}: {e}");
+        assert!(e.to_string().contains("fails authentication"), "{e}");
+        let e = engine.move_page(11, Tier::Dram).expect_err("promoting a forged copy must fail");
+        assert!(e.is_corruption(), "{e}");
+        assert!(poisoned(&engine, 11));
+        for p in [10, 12] {
+            check_page(engine.guest_words(), p, p as u64 + 100);
+        }
+        engine.shutdown();
+    }
 }

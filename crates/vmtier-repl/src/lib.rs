@@ -3,7 +3,8 @@
 //! carries only metadata — where each page is and how hot it is — and the secondary reads the
 //! pages itself when it takes over.
 //!
-//! - [`record`] — the binary, checksummed records: [`Checkpoint`], [`Fence`], [`Heartbeat`].
+//! - [`auth`] — [`ClusterKey`]: the cluster key that authenticates every record and stored page.
+//! - [`record`] — the binary, checksummed, authenticated records: [`Checkpoint`], [`Fence`], [`Heartbeat`].
 //! - [`store`] — [`SharedStore`], a tiny key → bytes store with atomic, exclusive publish, on a
 //!   directory ([`DirStore`]) or in S3 ([`ObjectStoreShared`]).
 //! - [`log`] — [`LogWriter`] (claim, commit, heartbeat, truncate) and [`LogReader`], with fencing
@@ -17,12 +18,14 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod lease;
 pub mod log;
 pub mod record;
 pub mod replica;
 pub mod store;
 
+pub use auth::{ClusterKey, KeyError, PageTag};
 pub use lease::{LeaseStatus, LeaseWatch};
 pub use log::{FencedBy, Heartbeater, LogError, LogReader, LogWriter, read_heartbeat};
 pub use record::{

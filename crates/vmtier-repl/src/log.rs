@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::auth::ClusterKey;
 use crate::record::{
     self, Checkpoint, Claim, Fence, Heartbeat, Record, RecordError, decode_claim, decode_heartbeat, encode_claim,
     encode_heartbeat,
@@ -154,6 +155,17 @@ pub enum LogError {
         /// The epoch before it.
         previous: u64,
     },
+    /// The log is shorter than what this reader already read: records were deleted or the store
+    /// restored from an older copy (a rollback), which truncation never does.
+    #[error(
+        "the log went back: this reader already read record {read}, but the newest record now is {head:?}; records were deleted or the shared store was restored from an older copy. Nothing after record {read} is applied; check the store before failing over from it"
+    )]
+    RolledBack {
+        /// The last record this reader returned.
+        read: u64,
+        /// The newest record in the log now.
+        head: Option<u64>,
+    },
     /// A missing record while later ones exist.
     #[error("{key} is missing but {later} exists: the log has a hole and cannot be replayed past it")]
     Gap {
@@ -259,8 +271,8 @@ fn list_epochs(store: &dyn SharedStore) -> Result<Vec<u64>, LogError> {
 }
 
 /// Decodes the record of `key`, checking that it is record `seq`.
-fn decode_at(store: &dyn SharedStore, key: &str, seq: u64, bytes: &[u8]) -> Result<Record, LogError> {
-    let rec = record::decode(bytes).map_err(|source| LogError::Corrupt {
+fn decode_at(store: &dyn SharedStore, ck: &ClusterKey, key: &str, seq: u64, bytes: &[u8]) -> Result<Record, LogError> {
+    let rec = record::decode(ck, key, bytes).map_err(|source| LogError::Corrupt {
         key: key.to_string(),
         store: store.describe(),
         source,
@@ -272,25 +284,29 @@ fn decode_at(store: &dyn SharedStore, key: &str, seq: u64, bytes: &[u8]) -> Resu
 }
 
 /// Reads and decodes record `seq`; `None` if it does not exist.
-fn read_record(store: &dyn SharedStore, seq: u64) -> Result<Option<(Record, Vec<u8>)>, LogError> {
+fn read_record(store: &dyn SharedStore, ck: &ClusterKey, seq: u64) -> Result<Option<(Record, Vec<u8>)>, LogError> {
     let key = log_key(seq);
     let Some(bytes) = store.get(&key).map_err(store_err("cannot read the log"))? else { return Ok(None) };
-    Ok(Some((decode_at(store, &key, seq, &bytes)?, bytes)))
+    Ok(Some((decode_at(store, ck, &key, seq, &bytes)?, bytes)))
 }
 
-/// Reads the claim of `epoch`, if it exists and decodes.
-pub fn read_claim(store: &dyn SharedStore, epoch: u64) -> Result<Option<Claim>, LogError> {
+/// Reads the claim of `epoch`, if it exists and decodes (its MAC checked with `ck`).
+pub fn read_claim(store: &dyn SharedStore, ck: &ClusterKey, epoch: u64) -> Result<Option<Claim>, LogError> {
     let key = epoch_key(epoch);
     let Some(bytes) = store.get(&key).map_err(store_err("cannot read the lease"))? else { return Ok(None) };
-    decode_claim(&bytes).map(Some).map_err(|source| LogError::Corrupt { key, store: store.describe(), source })
+    decode_claim(ck, &key, &bytes).map(Some).map_err(|source| LogError::Corrupt {
+        key,
+        store: store.describe(),
+        source,
+    })
 }
 
-/// Reads the primary's heartbeat, `None` if there is none yet.
-pub fn read_heartbeat(store: &dyn SharedStore) -> Result<Option<Heartbeat>, LogError> {
+/// Reads the primary's heartbeat (its MAC checked with `ck`), `None` if there is none yet.
+pub fn read_heartbeat(store: &dyn SharedStore, ck: &ClusterKey) -> Result<Option<Heartbeat>, LogError> {
     let Some(bytes) = store.get(HEARTBEAT_KEY).map_err(store_err("cannot read the heartbeat"))? else {
         return Ok(None);
     };
-    decode_heartbeat(&bytes).map(Some).map_err(|source| LogError::Corrupt {
+    decode_heartbeat(ck, &bytes).map(Some).map_err(|source| LogError::Corrupt {
         key: HEARTBEAT_KEY.to_string(),
         store: store.describe(),
         source,
@@ -298,11 +314,11 @@ pub fn read_heartbeat(store: &dyn SharedStore) -> Result<Option<Heartbeat>, LogE
 }
 
 /// Who wrote `bytes` (a log record found where this writer wanted to write).
-fn who_wrote(store: &dyn SharedStore, bytes: Option<&[u8]>) -> FencedBy {
-    match bytes.map(record::decode) {
+fn who_wrote(store: &dyn SharedStore, ck: &ClusterKey, key: &str, bytes: Option<&[u8]>) -> FencedBy {
+    match bytes.map(|b| record::decode(ck, key, b)) {
         Some(Ok(Record::Fence(f))) => FencedBy { epoch: Some(f.epoch), holder: Some(f.holder) },
         Some(Ok(Record::Checkpoint(c))) => {
-            let holder = read_claim(store, c.epoch).ok().flatten().map(|cl| cl.holder);
+            let holder = read_claim(store, ck, c.epoch).ok().flatten().map(|cl| cl.holder);
             FencedBy { epoch: Some(c.epoch), holder }
         }
         _ => FencedBy::default(),
@@ -332,7 +348,7 @@ struct Scan {
 }
 
 /// Scans back from the newest record in `seqs` to the newest full checkpoint.
-fn scan_back(store: &dyn SharedStore, seqs: &[u64]) -> Result<Scan, LogError> {
+fn scan_back(store: &dyn SharedStore, ck: &ClusterKey, seqs: &[u64]) -> Result<Scan, LogError> {
     let mut records = Vec::new();
     let mut last_full = None;
     let mut expect = None;
@@ -340,7 +356,7 @@ fn scan_back(store: &dyn SharedStore, seqs: &[u64]) -> Result<Scan, LogError> {
         if expect.is_some_and(|e| e != seq) {
             break; // a hole: nothing before it can be reached
         }
-        let Some((rec, bytes)) = read_record(store, seq)? else { break };
+        let Some((rec, bytes)) = read_record(store, ck, seq)? else { break };
         let full = matches!(&rec, Record::Checkpoint(c) if c.full);
         records.push((seq, Fetched::new(&bytes, rec)));
         if full {
@@ -357,6 +373,7 @@ fn scan_back(store: &dyn SharedStore, seqs: &[u64]) -> Result<Scan, LogError> {
 #[derive(Debug)]
 pub struct LogWriter {
     store: Arc<dyn SharedStore>,
+    key: ClusterKey,
     holder: String,
     epoch: u64,
     next_seq: u64,
@@ -372,6 +389,7 @@ pub struct LogWriter {
 #[derive(Debug, Clone)]
 pub struct Heartbeater {
     store: Arc<dyn SharedStore>,
+    key: ClusterKey,
     holder: String,
     epoch: u64,
     counter: Arc<AtomicU64>,
@@ -388,11 +406,11 @@ impl Heartbeater {
     /// [`beat`](Self::beat), naming `next_seq` as the position a [`LogError::Fenced`] is at.
     fn beat_as(&self, next_seq: u64, last_committed: u64) -> Result<(), LogError> {
         let fenced = |by| LogError::Fenced { seq: next_seq, our_epoch: self.epoch, by };
-        if let Some(by) = superseded(&*self.store, self.epoch)? {
+        if let Some(by) = superseded(&*self.store, &self.key, self.epoch)? {
             return Err(fenced(by));
         }
-        // A corrupt heartbeat is simply overwritten.
-        if let Ok(Some(hb)) = read_heartbeat(&*self.store)
+        // A corrupt (or forged) heartbeat is simply overwritten.
+        if let Ok(Some(hb)) = read_heartbeat(&*self.store, &self.key)
             && hb.epoch > self.epoch
         {
             return Err(fenced(FencedBy { epoch: Some(hb.epoch), holder: Some(hb.holder) }));
@@ -404,18 +422,25 @@ impl Heartbeater {
             unix_ms: now_unix_ms(),
             last_committed,
         };
-        self.store.put(HEARTBEAT_KEY, &encode_heartbeat(&hb)).map_err(store_err("cannot write the heartbeat"))
+        self.store
+            .put(HEARTBEAT_KEY, &encode_heartbeat(&self.key, &hb))
+            .map_err(store_err("cannot write the heartbeat"))
     }
 }
 
 /// Whether the epoch after `epoch` has been claimed (epochs are claimed in order, so any newer
 /// claim implies that one).
-fn superseded(store: &dyn SharedStore, epoch: u64) -> Result<Option<FencedBy>, LogError> {
+///
+/// A claim that fails its MAC still fences: the writer cannot tell a forged claim from one it
+/// cannot read, and stopping is the safe side (a forger can stop a primary — as anyone who can
+/// delete its files can — but never make a guest read a forged page).
+fn superseded(store: &dyn SharedStore, ck: &ClusterKey, epoch: u64) -> Result<Option<FencedBy>, LogError> {
     let newer = epoch + 1;
-    let Some(bytes) = store.get(&epoch_key(newer)).map_err(store_err("cannot read the lease"))? else {
+    let key = epoch_key(newer);
+    let Some(bytes) = store.get(&key).map_err(store_err("cannot read the lease"))? else {
         return Ok(None);
     };
-    let holder = decode_claim(&bytes).ok().map(|c| c.holder);
+    let holder = decode_claim(ck, &key, &bytes).ok().map(|c| c.holder);
     Ok(Some(FencedBy { epoch: Some(newer), holder }))
 }
 
@@ -427,7 +452,9 @@ impl LogWriter {
     /// Its only writes are the epoch claim and the fence, in that order. If it fails on a store
     /// error, claim again: that takes a further epoch (an epoch claimed by a failed attempt is
     /// never used; a fence it wrote is harmless).
-    pub fn claim(store: Arc<dyn SharedStore>, holder: &str) -> Result<LogWriter, LogError> {
+    ///
+    /// Every record it writes is authenticated with `key`, and every record it reads must be.
+    pub fn claim(store: Arc<dyn SharedStore>, key: &ClusterKey, holder: &str) -> Result<LogWriter, LogError> {
         check_holder(holder)?;
         let s = &*store;
         // 1. The epoch: above every claim and every record.
@@ -435,14 +462,14 @@ impl LogWriter {
         let epoch = loop {
             let seqs = list_seqs(s)?;
             let head_epoch = match seqs.last() {
-                Some(&head) => read_record(s, head)?.map_or(0, |(r, _)| r.epoch()),
+                Some(&head) => read_record(s, key, head)?.map_or(0, |(r, _)| r.epoch()),
                 None => 0,
             };
             let epoch = list_epochs(s)?.last().copied().unwrap_or(0).max(head_epoch) + 1;
             let claim =
                 Claim { epoch, created_unix_ms: now_unix_ms(), nonce: unique_token(), holder: holder.to_string() };
             match s
-                .put_exclusive(&epoch_key(epoch), &encode_claim(&claim))
+                .put_exclusive(&epoch_key(epoch), &encode_claim(key, &claim))
                 .map_err(store_err("cannot claim the log"))?
             {
                 Created::Yes => break epoch,
@@ -457,23 +484,24 @@ impl LogWriter {
         // 2. The newest full checkpoint, for `NeedFull` and `truncate_before`. Scanned before the
         //    fence, so that a failed scan leaves nothing behind. Once the log has a full
         //    checkpoint it always has one (truncation keeps the newest), so the answer stays valid.
-        let last_full = scan_back(s, &list_seqs(s)?)?.last_full;
+        let last_full = scan_back(s, key, &list_seqs(s)?)?.last_full;
         // 3. The position: a fence at the first free one, unless this is the first epoch ever.
         let mut next_seq = None;
         for _ in 0..CLAIM_ATTEMPTS {
             let head = list_seqs(s)?.last().copied().unwrap_or(0);
             if head > 0
-                && let Some((rec, bytes)) = read_record(s, head)?
+                && let Some((rec, bytes)) = read_record(s, key, head)?
                 && rec.epoch() > epoch
             {
-                return Err(LogError::Fenced { seq: head, our_epoch: epoch, by: who_wrote(s, Some(&bytes)) });
+                let by = who_wrote(s, key, &log_key(head), Some(&bytes));
+                return Err(LogError::Fenced { seq: head, our_epoch: epoch, by });
             }
             if head == 0 && epoch == 1 {
                 next_seq = Some(1);
                 break;
             }
             let fence = Fence { seq: head + 1, epoch, created_unix_ms: now_unix_ms(), holder: holder.to_string() };
-            let bytes = record::encode(&Record::Fence(fence));
+            let bytes = record::encode(key, &Record::Fence(fence));
             match s.put_exclusive(&log_key(head + 1), &bytes).map_err(store_err("cannot write the fence"))? {
                 Created::Yes => {
                     tracing::info!(epoch, seq = head + 1, holder, store = %s.describe(), "claimed the log and fenced it");
@@ -486,18 +514,30 @@ impl LogWriter {
         let Some(next_seq) = next_seq else { return Err(LogError::ClaimContended { attempts: CLAIM_ATTEMPTS }) };
         Ok(LogWriter {
             store: store.clone(),
+            key: key.clone(),
             holder: holder.to_string(),
             epoch,
             next_seq,
             last_full,
             fenced: None,
-            beater: Heartbeater { store, holder: holder.to_string(), epoch, counter: Arc::new(AtomicU64::new(0)) },
+            beater: Heartbeater {
+                store,
+                key: key.clone(),
+                holder: holder.to_string(),
+                epoch,
+                counter: Arc::new(AtomicU64::new(0)),
+            },
         })
     }
 
     /// This writer's epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The cluster key it writes with.
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
     }
 
     /// The holder name it claimed with.
@@ -529,7 +569,7 @@ impl LogWriter {
 
     /// Whether the next epoch has been claimed.
     fn superseded(&self) -> Result<Option<FencedBy>, LogError> {
-        superseded(&*self.store, self.epoch)
+        superseded(&*self.store, &self.key, self.epoch)
     }
 
     /// A heartbeat writer for this epoch, to run on its own thread.
@@ -568,14 +608,14 @@ impl LogWriter {
         if !ckpt.full && self.last_full.is_none() {
             return Err(LogError::NeedFull { seq });
         }
-        let bytes = record::encode_checkpoint_as(ckpt, seq, self.epoch);
+        let bytes = record::encode_checkpoint_as(&self.key, ckpt, seq, self.epoch);
         let key = log_key(seq);
         let created = self.store.put_exclusive(&key, &bytes).map_err(store_err("cannot commit the checkpoint"))?;
         if created == Created::AlreadyExists {
             let there = self.store.get(&key).map_err(store_err("cannot read the log"))?;
             // Our own earlier attempt (which reported an error) may have landed.
             if there.as_deref() != Some(&bytes[..]) {
-                let by = who_wrote(&*self.store, there.as_deref());
+                let by = who_wrote(&*self.store, &self.key, &key, there.as_deref());
                 return Err(self.fence_self(seq, by));
             }
         }
@@ -640,6 +680,7 @@ impl Fetched {
 #[derive(Debug)]
 pub struct LogReader {
     store: Arc<dyn SharedStore>,
+    key: ClusterKey,
     next: u64,
     last_epoch: Option<u64>,
     /// Records already read (by `open`'s scan or as look-ahead), by seq.
@@ -648,25 +689,29 @@ pub struct LogReader {
     settle: Option<Duration>,
     /// The newest record being held back: seq, fingerprint, first seen.
     held: Option<(u64, (usize, u32), Instant)>,
+    /// Whether a record has been returned (record `next - 1` was read).
+    returned: bool,
 }
 
 impl LogReader {
     /// Opens a reader at the newest full checkpoint (or, if the log has none, at its oldest
     /// record; at seq 1 if it is empty). Records from there on are returned by
     /// [`poll`](Self::poll).
-    pub fn open(store: Arc<dyn SharedStore>) -> Result<LogReader, LogError> {
+    ///
+    /// Every record must verify with `key`; one that does not is an error naming it.
+    pub fn open(store: Arc<dyn SharedStore>, key: &ClusterKey) -> Result<LogReader, LogError> {
         // A concurrent truncation can delete records under the scan: then scan again.
         let mut tries = 0;
         loop {
             let seqs = list_seqs(&*store)?;
-            let scan = scan_back(&*store, &seqs)?;
+            let scan = scan_back(&*store, key, &seqs)?;
             let start = scan.records.first().map_or(1, |(seq, _)| *seq);
             let reached_oldest = seqs.first().is_none_or(|&o| o == start);
             if scan.last_full.is_none() && !reached_oldest && tries >= 3 {
                 return Err(LogError::Gap { key: log_key(start.saturating_sub(1)), later: log_key(start) });
             }
             if scan.last_full.is_some() || reached_oldest {
-                let mut r = Self::open_at(store, start);
+                let mut r = Self::open_at(store, key, start);
                 r.cache = scan.records.into_iter().collect();
                 return Ok(r);
             }
@@ -675,9 +720,18 @@ impl LogReader {
     }
 
     /// Opens a reader whose first record will be `seq` (no checkpoint search).
-    pub fn open_at(store: Arc<dyn SharedStore>, seq: u64) -> LogReader {
+    pub fn open_at(store: Arc<dyn SharedStore>, key: &ClusterKey, seq: u64) -> LogReader {
         let settle = store.exclusive_settle();
-        LogReader { store, next: seq.max(1), last_epoch: None, cache: HashMap::new(), settle, held: None }
+        LogReader {
+            store,
+            key: key.clone(),
+            next: seq.max(1),
+            last_epoch: None,
+            cache: HashMap::new(),
+            settle,
+            held: None,
+            returned: false,
+        }
     }
 
     /// The seq of the next record [`poll`](Self::poll) will return.
@@ -689,7 +743,7 @@ impl LogReader {
         if let Some(f) = self.cache.remove(&seq) {
             return Ok(Some(f));
         }
-        Ok(read_record(&*self.store, seq)?.map(|(rec, bytes)| Fetched::new(&bytes, rec)))
+        Ok(read_record(&*self.store, &self.key, seq)?.map(|(rec, bytes)| Fetched::new(&bytes, rec)))
     }
 
     /// On a store with a settle time: has record `seq` (the newest) been unchanged that long?
@@ -708,6 +762,11 @@ impl LogReader {
         let seqs = list_seqs(&*self.store)?;
         if seqs.binary_search(&self.next).is_ok() {
             return Ok(()); // appeared just now: the next poll returns it
+        }
+        let read = self.next - 1;
+        if self.returned && seqs.last().is_none_or(|&head| head < read) {
+            // Truncation never deletes the newest record: the log was rolled back.
+            return Err(LogError::RolledBack { read, head: seqs.last().copied() });
         }
         match (seqs.first(), seqs.last()) {
             (Some(&oldest), _) if oldest > self.next => Err(LogError::TruncatedPast { next: self.next, oldest }),
@@ -778,6 +837,7 @@ impl LogReader {
         }
         self.validate(&cur.record)?;
         self.next += 1;
+        self.returned = true;
         Ok(Some(cur.record))
     }
 }
@@ -801,8 +861,12 @@ mod tests {
     #[test]
     fn holder_names() {
         let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+        let key = ClusterKey::from_bytes(&[1; 32], "test").expect("key");
         for bad in ["", "a\nb", &"h".repeat(257)] {
-            assert!(matches!(LogWriter::claim(store.clone(), bad), Err(LogError::InvalidHolder { .. })), "{bad:?}");
+            assert!(
+                matches!(LogWriter::claim(store.clone(), &key, bad), Err(LogError::InvalidHolder { .. })),
+                "{bad:?}"
+            );
         }
         assert!(store.list("").expect("list").is_empty(), "nothing written for a bad holder");
     }

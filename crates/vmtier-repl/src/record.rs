@@ -1,29 +1,43 @@
-//! The records of the replication log and of the lease: binary, little-endian, checksummed.
+//! The records of the replication log and of the lease: binary, little-endian, checksummed and
+//! authenticated with the cluster key ([`ClusterKey`]).
 //!
 //! Every record — a log entry ([`Record`]: a [`Checkpoint`] or a [`Fence`]), an epoch claim
-//! ([`Claim`]) or the primary's [`Heartbeat`] — is one *frame*: a fixed 32-byte header and a body.
-//! A record is always a whole object or file of the shared store, so a frame is decoded from
-//! exactly its bytes: anything short, long, or with a wrong checksum is an error, never data.
+//! ([`Claim`]) or the primary's [`Heartbeat`] — is one *frame*: a fixed 32-byte header, a body and
+//! a 32-byte MAC. A record is always a whole object or file of the shared store, so a frame is
+//! decoded from exactly its bytes: anything short, long, with a wrong checksum or a wrong MAC is
+//! an error, never data.
 //!
-//! # Frame header (32 bytes)
+//! # Frame (format version 2)
 //!
 //! The header layout is the same in every format version, so that a reader can always tell a
-//! corrupt record ([`RecordError::HeaderChecksum`]) from a newer one
-//! ([`RecordError::UnsupportedVersion`]).
+//! corrupt record ([`RecordError::HeaderChecksum`]) from a newer or older one
+//! ([`RecordError::UnsupportedVersion`]). Version 1 (no MAC, `key_id` reserved as 0) is no
+//! longer read: a log written by an older vmtier cannot be trusted and is refused.
 //!
-//! | offset | size | field       | value                                                          |
-//! |-------:|-----:|-------------|----------------------------------------------------------------|
-//! |      0 |    8 | magic       | `VMTLOG01` ([`MAGIC`])                                          |
-//! |      8 |    2 | version     | format version, `1` ([`VERSION`])                               |
-//! |     10 |    2 | kind        | `1` checkpoint, `2` fence, `3` heartbeat, `4` epoch claim      |
-//! |     12 |    4 | reserved    | `0`                                                            |
-//! |     16 |    8 | body_len    | bytes after the header; at most [`MAX_BODY_LEN`] (4 GiB)       |
-//! |     24 |    4 | body_crc    | crc32c of the body                                             |
-//! |     28 |    4 | header_crc  | crc32c of header bytes 0..28                                   |
+//! | offset        | size | field       | value                                                          |
+//! |--------------:|-----:|-------------|----------------------------------------------------------------|
+//! |             0 |    8 | magic       | `VMTLOG01` ([`MAGIC`])                                          |
+//! |             8 |    2 | version     | format version, `2` ([`VERSION`])                               |
+//! |            10 |    2 | kind        | `1` checkpoint, `2` fence, `3` heartbeat, `4` epoch claim      |
+//! |            12 |    4 | key_id      | [`ClusterKey::id`] of the writer's key (diagnostic only)       |
+//! |            16 |    8 | body_len    | bytes of the body; at most [`MAX_BODY_LEN`] (4 GiB)            |
+//! |            24 |    4 | body_crc    | crc32c of the body                                             |
+//! |            28 |    4 | header_crc  | crc32c of header bytes 0..28                                   |
+//! |            32 | body_len | body     | by kind, below                                                 |
+//! | 32 + body_len |   32 | mac         | HMAC-SHA256 (below) over bytes `0 .. 32 + body_len`            |
 //!
-//! Checks, in this order: length ≥ 32, magic, header crc, version, kind, reserved = 0, body_len
-//! against [`MAX_BODY_LEN`] and against the bytes present (short: [`RecordError::Truncated`],
-//! long: [`RecordError::TrailingBytes`]), body crc, then the body's own structure.
+//! The MAC is [`ClusterKey::record_mac`]: HMAC-SHA256(key, `"vmtier record v2\0"` ‖ u32 length of
+//! the *name* ‖ name ‖ header ‖ body), where the name is the store key the record is written
+//! under: `log/{seq:020}.rec`, `lease/{epoch:020}.epoch` or `lease/heartbeat`. So a record
+//! verifies only at its own position: a valid record copied or renamed to another seq (or a
+//! claim to another epoch) fails its MAC.
+//!
+//! Checks, in this order: length ≥ 32, magic, header crc, version, kind, body_len against
+//! [`MAX_BODY_LEN`] and against the bytes present (short: [`RecordError::Truncated`], long:
+//! [`RecordError::TrailingBytes`]), body crc (so accidental damage reads as damage), key id
+//! ([`RecordError::WrongKey`]: written with another cluster key), MAC
+//! ([`RecordError::Forged`]: written without the key, or moved), then the body's own structure.
+//! Nothing of the body is interpreted before the MAC has verified.
 //!
 //! # Checkpoint body (kind 1)
 //!
@@ -38,19 +52,24 @@
 //! |     41 |               4 | page_count      | entries in the page list                            |
 //! |     45 |               4 | heat_count      | entries in the heat list                            |
 //! |     49 |               4 | vcpu_len        | bytes of vCPU state                                 |
-//! |     53 | 9, 13 or 15 × n | pages           | page entries (below), in the writer's order         |
+//! |     53 | 9 to 39 × n     | pages           | page entries (below), in the writer's order         |
 //! |      … |      7 × n      | heat            | heat entries (below), hottest first                 |
 //! |      … |        vcpu_len | vcpu            | opaque vCPU state                                   |
 //!
-//! A page entry is `page u32, tag u8, crc u32` followed by the location's payload:
+//! A page entry is `page u32, tag u8, crc u32` followed by the location's payload (and, in
+//! version 2, the page's 16-byte [`PageTag`] after it, for every location but zero — see below):
 //!
 //! | tag | location                                          | payload                              | entry size |
 //! |----:|---------------------------------------------------|--------------------------------------|-----------:|
 //! |   0 | [`Location::Zero`]                                | none                                 |   9 bytes  |
-//! |   1 | [`Location::Ssd`] in the writer's own store       | `slot u32`                           |  13 bytes  |
-//! |   2 | [`Location::Object`] in the writer's own store    | `segment u32, index u16`             |  15 bytes  |
-//! |   3 | [`Location::Ssd`] in an earlier epoch's store     | `store u64, slot u32`                |  21 bytes  |
-//! |   4 | [`Location::Object`] in an earlier epoch's store  | `store u64, segment u32, index u16`  |  23 bytes  |
+//! |   1 | [`Location::Ssd`] in the writer's own store       | `slot u32`, page tag                 |  29 bytes  |
+//! |   2 | [`Location::Object`] in the writer's own store    | `segment u32, index u16`, page tag   |  31 bytes  |
+//! |   3 | [`Location::Ssd`] in an earlier epoch's store     | `store u64, slot u32`, page tag      |  37 bytes  |
+//! |   4 | [`Location::Object`] in an earlier epoch's store  | `store u64, segment u32, index u16`, page tag | 39 bytes |
+//!
+//! The page tag ([`ClusterKey::page_tag`], 16 bytes) authenticates the stored page's bytes: a
+//! reader of shared storage checks it before the page reaches a guest, since the crc32c alone
+//! can be matched by anyone who writes a forged page. The record's MAC authenticates the tag.
 //!
 //! Every primary writes its own tiers (`store` = its epoch); after a failover the new primary's
 //! pages may still sit in the failed primary's store until they are rewritten, hence tags 3 and 4.
@@ -101,19 +120,25 @@
 
 use std::fmt;
 
+use crate::auth::{ClusterKey, MAC_LEN, PageTag, TAG_LEN};
+
 /// First 8 bytes of every record.
 pub const MAGIC: [u8; 8] = *b"VMTLOG01";
 /// Format version this build writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 32;
 /// Largest body a frame may declare (4 GiB).
 pub const MAX_BODY_LEN: u64 = 1 << 32;
 
-const KIND_CHECKPOINT: u16 = 1;
-const KIND_FENCE: u16 = 2;
-const KIND_HEARTBEAT: u16 = 3;
-const KIND_CLAIM: u16 = 4;
+/// Record kind: checkpoint.
+pub const KIND_CHECKPOINT: u16 = 1;
+/// Record kind: fence.
+pub const KIND_FENCE: u16 = 2;
+/// Record kind: heartbeat.
+pub const KIND_HEARTBEAT: u16 = 3;
+/// Record kind: claim.
+pub const KIND_CLAIM: u16 = 4;
 
 const FLAG_FULL: u8 = 1;
 const FLAG_HEAT_FULL: u8 = 2;
@@ -160,6 +185,8 @@ pub struct PageLoc {
     pub loc: Location,
     /// crc32c of the page's 4096 bytes (0 for [`Location::Zero`]).
     pub crc: u32,
+    /// The page's keyed tag ([`ClusterKey::page_tag`]; all zeros for [`Location::Zero`]).
+    pub tag: PageTag,
 }
 
 /// Access statistics of one page, for the secondary's prefetch.
@@ -269,6 +296,9 @@ pub struct Claim {
     pub holder: String,
 }
 
+/// Bytes of a record's MAC trailer.
+pub const TRAILER_LEN: usize = MAC_LEN;
+
 /// Why bytes are not a valid record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -334,6 +364,29 @@ pub enum RecordError {
         /// Checksum of the body bytes.
         actual: u32,
     },
+    /// The record was written with another cluster key (its key id is not ours).
+    #[error(
+        "{name} was written with another cluster key (key id {found:08x}; this host's key {source_name} has id {ours:08x}): every host of a replicated VM needs the same `replication.key_file`"
+    )]
+    WrongKey {
+        /// Store key of the record.
+        name: String,
+        /// Key id in the record.
+        found: u32,
+        /// Our key's id.
+        ours: u32,
+        /// Where our key came from.
+        source_name: String,
+    },
+    /// The MAC does not verify: the record was not written by a holder of the cluster key at
+    /// this position.
+    #[error(
+        "{name} fails authentication with the cluster key: it was forged, or copied from another log position; it is refused and never applied"
+    )]
+    Forged {
+        /// Store key of the record.
+        name: String,
+    },
     /// The body's checksum is right but its structure is not (a bug of the writer).
     #[error("record body is malformed: {what}")]
     Malformed {
@@ -365,17 +418,20 @@ fn count32(n: usize, what: &str) -> u32 {
     u32::try_from(n).unwrap_or_else(|_| panic!("{what}: {n} entries do not fit a record"))
 }
 
-fn frame(kind: u16, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+/// Frames `body` as a record of `kind` stored under `name`, MAC included.
+fn frame(key: &ClusterKey, name: &str, kind: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&kind.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&key.id().to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     let hcrc = crc32c::crc32c(&out[..28]);
     out.extend_from_slice(&hcrc.to_le_bytes());
     out.extend_from_slice(body);
+    let mac = key.record_mac(name, &out);
+    out.extend_from_slice(&mac);
     out
 }
 
@@ -393,8 +449,16 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Checks a frame and returns its kind and body.
-fn unframe(bytes: &[u8]) -> Result<(u16, &[u8]), RecordError> {
+/// Frames arbitrary `body` bytes as a record of `kind` stored under `name`, sealed with `key`:
+/// for fuzzing the body decoders behind a valid MAC, and for tests. (Anyone holding the key can
+/// write any record; the key, not this function, is the secret.)
+pub fn seal(key: &ClusterKey, name: &str, kind: u16, body: &[u8]) -> Vec<u8> {
+    frame(key, name, kind, body)
+}
+
+/// Checks a frame stored under `name` (checksums, then key id and MAC) and returns its kind and
+/// body.
+fn unframe<'a>(key: &ClusterKey, name: &str, bytes: &'a [u8]) -> Result<(u16, &'a [u8]), RecordError> {
     let have = bytes.len() as u64;
     if bytes.len() < HEADER_LEN {
         return Err(RecordError::Truncated { need: HEADER_LEN as u64, have });
@@ -417,25 +481,35 @@ fn unframe(bytes: &[u8]) -> Result<(u16, &[u8]), RecordError> {
     if !(KIND_CHECKPOINT..=KIND_CLAIM).contains(&kind) {
         return Err(RecordError::UnknownKind { found: kind });
     }
-    if le32(bytes, 12) != 0 {
-        return Err(malformed("reserved header field is not 0"));
-    }
     let body_len = le64(bytes, 16);
     if body_len > MAX_BODY_LEN {
         return Err(RecordError::TooLarge { len: body_len });
     }
-    let need = HEADER_LEN as u64 + body_len;
+    let need = HEADER_LEN as u64 + body_len + TRAILER_LEN as u64;
     if have < need {
         return Err(RecordError::Truncated { need, have });
     }
     if have > need {
         return Err(RecordError::TrailingBytes { extra: have - need });
     }
-    let body = &bytes[HEADER_LEN..];
+    let end = bytes.len() - TRAILER_LEN;
+    let body = &bytes[HEADER_LEN..end];
     let stored = le32(bytes, 24);
     let actual = crc32c::crc32c(body);
     if stored != actual {
         return Err(RecordError::BodyChecksum { stored, actual });
+    }
+    let found = le32(bytes, 12);
+    if found != key.id() {
+        return Err(RecordError::WrongKey {
+            name: name.to_string(),
+            found,
+            ours: key.id(),
+            source_name: key.source().to_string(),
+        });
+    }
+    if !key.verify_record(name, &bytes[..end], &bytes[end..]) {
+        return Err(RecordError::Forged { name: name.to_string() });
     }
     Ok((kind, body))
 }
@@ -507,19 +581,19 @@ pub fn checkpoint_len(c: &Checkpoint, epoch: u64) -> usize {
         .iter()
         .map(|p| match p.loc {
             Location::Zero => 9,
-            Location::Ssd { store, .. } if store == epoch => 13,
-            Location::Object { store, .. } if store == epoch => 15,
-            Location::Ssd { .. } => 21,
-            Location::Object { .. } => 23,
+            Location::Ssd { store, .. } if store == epoch => 13 + TAG_LEN,
+            Location::Object { store, .. } if store == epoch => 15 + TAG_LEN,
+            Location::Ssd { .. } => 21 + TAG_LEN,
+            Location::Object { .. } => 23 + TAG_LEN,
         })
         .sum();
-    HEADER_LEN + CHECKPOINT_FIXED + page_bytes + HEAT_ENTRY as usize * c.heat.len() + c.vcpu.len()
+    HEADER_LEN + CHECKPOINT_FIXED + page_bytes + HEAT_ENTRY as usize * c.heat.len() + c.vcpu.len() + TRAILER_LEN
 }
 
 /// Encodes a checkpoint with `seq` and `epoch` in place of its own fields (the log writer fills
 /// them in without copying the page list).
-pub(crate) fn encode_checkpoint_as(c: &Checkpoint, seq: u64, epoch: u64) -> Vec<u8> {
-    let mut b = Vec::with_capacity(checkpoint_len(c, epoch) - HEADER_LEN);
+pub(crate) fn encode_checkpoint_as(key: &ClusterKey, c: &Checkpoint, seq: u64, epoch: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(checkpoint_len(c, epoch) - HEADER_LEN - TRAILER_LEN);
     for v in [seq, epoch, c.created_unix_ms, c.guest_bytes, c.digest] {
         b.extend_from_slice(&v.to_le_bytes());
     }
@@ -542,6 +616,7 @@ pub(crate) fn encode_checkpoint_as(c: &Checkpoint, seq: u64, epoch: u64) -> Vec<
                     b.extend_from_slice(&store.to_le_bytes());
                 }
                 b.extend_from_slice(&slot.to_le_bytes());
+                b.extend_from_slice(&p.tag);
             }
             Location::Object { store, segment, index } => {
                 b.push(if store == epoch { TAG_OBJECT } else { TAG_OBJECT_OF });
@@ -551,6 +626,7 @@ pub(crate) fn encode_checkpoint_as(c: &Checkpoint, seq: u64, epoch: u64) -> Vec<
                 }
                 b.extend_from_slice(&segment.to_le_bytes());
                 b.extend_from_slice(&index.to_le_bytes());
+                b.extend_from_slice(&p.tag);
             }
         }
     }
@@ -560,27 +636,27 @@ pub(crate) fn encode_checkpoint_as(c: &Checkpoint, seq: u64, epoch: u64) -> Vec<
         b.extend_from_slice(&h.age.to_le_bytes());
     }
     b.extend_from_slice(&c.vcpu);
-    frame(KIND_CHECKPOINT, &b)
+    frame(key, &crate::log::log_key(seq), KIND_CHECKPOINT, &b)
 }
 
-fn encode_fence(f: &Fence) -> Vec<u8> {
+fn encode_fence(key: &ClusterKey, f: &Fence) -> Vec<u8> {
     let mut b = Vec::with_capacity(28 + f.holder.len());
     for v in [f.seq, f.epoch, f.created_unix_ms] {
         b.extend_from_slice(&v.to_le_bytes());
     }
     put_string(&mut b, &f.holder, "fence holder");
-    frame(KIND_FENCE, &b)
+    frame(key, &crate::log::log_key(f.seq), KIND_FENCE, &b)
 }
 
-/// Encodes a log record.
+/// Encodes a log record, authenticated with `key` for its position `log/{seq:020}.rec`.
 ///
 /// # Panics
 ///
 /// If a list holds more than `u32::MAX` entries (no guest vmtier supports gets near).
-pub fn encode(r: &Record) -> Vec<u8> {
+pub fn encode(key: &ClusterKey, r: &Record) -> Vec<u8> {
     match r {
-        Record::Checkpoint(c) => encode_checkpoint_as(c, c.seq, c.epoch),
-        Record::Fence(f) => encode_fence(f),
+        Record::Checkpoint(c) => encode_checkpoint_as(key, c, c.seq, c.epoch),
+        Record::Fence(f) => encode_fence(key, f),
     }
 }
 
@@ -612,7 +688,10 @@ fn decode_checkpoint(body: &[u8]) -> Result<Checkpoint, RecordError> {
         let tag = c.u8("page entry")?;
         let crc = c.u32("page entry")?;
         let loc = match tag {
-            TAG_ZERO => Location::Zero,
+            TAG_ZERO => {
+                pages.push(PageLoc { page, loc: Location::Zero, crc, tag: [0; TAG_LEN] });
+                continue;
+            }
             TAG_SSD => Location::Ssd { store: epoch, slot: c.u32("page entry")? },
             TAG_OBJECT => Location::Object { store: epoch, segment: c.u32("page entry")?, index: c.u16("page entry")? },
             TAG_SSD_OF => Location::Ssd { store: c.u64("page entry")?, slot: c.u32("page entry")? },
@@ -623,7 +702,9 @@ fn decode_checkpoint(body: &[u8]) -> Result<Checkpoint, RecordError> {
             },
             t => return Err(malformed(format!("page entry {i} (page {page}) has unknown location tag {t}"))),
         };
-        pages.push(PageLoc { page, loc, crc });
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(c.take(TAG_LEN, "page tag")?);
+        pages.push(PageLoc { page, loc, crc, tag });
     }
     if u64::from(n_heat) * HEAT_ENTRY + u64::from(vcpu_len) > c.left() as u64 {
         return Err(malformed("heat list and vCPU state run past the end of the body"));
@@ -660,9 +741,10 @@ fn decode_fence(body: &[u8]) -> Result<Fence, RecordError> {
     Ok(f)
 }
 
-/// Decodes a log record. Never panics; any defect is an error.
-pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
-    let (kind, body) = unframe(bytes)?;
+/// Decodes the log record stored under `name` (its store key, `log/{seq:020}.rec`), checking
+/// its MAC with `key`. Never panics; any defect is an error.
+pub fn decode(key: &ClusterKey, name: &str, bytes: &[u8]) -> Result<Record, RecordError> {
+    let (kind, body) = unframe(key, name, bytes)?;
     match kind {
         KIND_CHECKPOINT => decode_checkpoint(body).map(Record::Checkpoint),
         KIND_FENCE => decode_fence(body).map(Record::Fence),
@@ -670,19 +752,19 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     }
 }
 
-/// Encodes a heartbeat.
-pub fn encode_heartbeat(h: &Heartbeat) -> Vec<u8> {
+/// Encodes a heartbeat (stored under `lease/heartbeat`).
+pub fn encode_heartbeat(key: &ClusterKey, h: &Heartbeat) -> Vec<u8> {
     let mut b = Vec::with_capacity(36 + h.holder.len());
     for v in [h.epoch, h.counter, h.unix_ms, h.last_committed] {
         b.extend_from_slice(&v.to_le_bytes());
     }
     put_string(&mut b, &h.holder, "heartbeat holder");
-    frame(KIND_HEARTBEAT, &b)
+    frame(key, crate::log::HEARTBEAT_KEY, KIND_HEARTBEAT, &b)
 }
 
-/// Decodes a heartbeat. Never panics.
-pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, RecordError> {
-    let (kind, body) = unframe(bytes)?;
+/// Decodes the heartbeat (stored under `lease/heartbeat`), checking its MAC. Never panics.
+pub fn decode_heartbeat(key: &ClusterKey, bytes: &[u8]) -> Result<Heartbeat, RecordError> {
+    let (kind, body) = unframe(key, crate::log::HEARTBEAT_KEY, bytes)?;
     if kind != KIND_HEARTBEAT {
         return Err(RecordError::WrongKind { expected: "heartbeat", found: kind_name(kind) });
     }
@@ -698,19 +780,20 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, RecordError> {
     Ok(h)
 }
 
-/// Encodes an epoch claim.
-pub fn encode_claim(cl: &Claim) -> Vec<u8> {
+/// Encodes an epoch claim (stored under `lease/{epoch:020}.epoch`).
+pub fn encode_claim(key: &ClusterKey, cl: &Claim) -> Vec<u8> {
     let mut b = Vec::with_capacity(28 + cl.holder.len());
     for v in [cl.epoch, cl.created_unix_ms, cl.nonce] {
         b.extend_from_slice(&v.to_le_bytes());
     }
     put_string(&mut b, &cl.holder, "claim holder");
-    frame(KIND_CLAIM, &b)
+    frame(key, &crate::log::epoch_key(cl.epoch), KIND_CLAIM, &b)
 }
 
-/// Decodes an epoch claim. Never panics.
-pub fn decode_claim(bytes: &[u8]) -> Result<Claim, RecordError> {
-    let (kind, body) = unframe(bytes)?;
+/// Decodes the epoch claim stored under `name` (`lease/{epoch:020}.epoch`), checking its MAC.
+/// Never panics.
+pub fn decode_claim(key: &ClusterKey, name: &str, bytes: &[u8]) -> Result<Claim, RecordError> {
+    let (kind, body) = unframe(key, name, bytes)?;
     if kind != KIND_CLAIM {
         return Err(RecordError::WrongKind { expected: "epoch claim", found: kind_name(kind) });
     }
@@ -760,6 +843,24 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::log::{HEARTBEAT_KEY, epoch_key, log_key};
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_bytes(&[0x42; 32], "test key").expect("key")
+    }
+
+    /// Decodes a log record at its own position.
+    fn dec(bytes: &[u8]) -> Result<Record, RecordError> {
+        // The seq is at body offset 0 for both kinds; a record too short has none.
+        let seq = if bytes.len() >= HEADER_LEN + 8 { le64(bytes, HEADER_LEN) } else { 0 };
+        decode(&key(), &log_key(seq), bytes)
+    }
+
+    /// Frames a body as a log record at position 0 (tests of the body parser).
+    fn fr(kind: u16, body: &[u8]) -> Vec<u8> {
+        let seq = if body.len() >= 8 { le64(body, 0) } else { 0 };
+        frame(&key(), &log_key(seq), kind, body)
+    }
 
     fn sample() -> Checkpoint {
         Checkpoint {
@@ -769,11 +870,11 @@ mod tests {
             guest_bytes: 1 << 30,
             full: true,
             pages: vec![
-                PageLoc { page: 0, loc: Location::Zero, crc: 0 },
-                PageLoc { page: 1, loc: Location::Ssd { store: 2, slot: 99 }, crc: 0xdead_beef },
-                PageLoc { page: 2, loc: Location::Object { store: 2, segment: 5, index: 1023 }, crc: 42 },
-                PageLoc { page: 3, loc: Location::Ssd { store: 1, slot: 7 }, crc: 1 },
-                PageLoc { page: 4, loc: Location::Object { store: 1, segment: 6, index: 0 }, crc: 2 },
+                PageLoc { page: 0, loc: Location::Zero, crc: 0, tag: [0; 16] },
+                PageLoc { page: 1, loc: Location::Ssd { store: 2, slot: 99 }, crc: 0xdead_beef, tag: [9; 16] },
+                PageLoc { page: 2, loc: Location::Object { store: 2, segment: 5, index: 1023 }, crc: 42, tag: [9; 16] },
+                PageLoc { page: 3, loc: Location::Ssd { store: 1, slot: 7 }, crc: 1, tag: [9; 16] },
+                PageLoc { page: 4, loc: Location::Object { store: 1, segment: 6, index: 0 }, crc: 2, tag: [9; 16] },
             ],
             heat_full: true,
             heat: vec![Heat { page: 2, freq: 100, age: 0 }, Heat { page: 1, freq: 3, age: 700 }],
@@ -785,57 +886,64 @@ mod tests {
     #[test]
     fn checkpoint_round_trip_and_layout() {
         let c = sample();
-        let bytes = encode(&Record::Checkpoint(c.clone()));
+        let bytes = encode(&key(), &Record::Checkpoint(c.clone()));
         // Locations in the writer's own store (epoch 2) are compact; an earlier epoch's carry it.
-        assert_eq!(bytes.len(), HEADER_LEN + CHECKPOINT_FIXED + 9 + 13 + 15 + 21 + 23 + 2 * 7 + 3);
+        assert_eq!(bytes.len(), HEADER_LEN + CHECKPOINT_FIXED + 9 + 29 + 31 + 37 + 39 + 2 * 7 + 3 + TRAILER_LEN);
         assert_eq!(checkpoint_len(&c, c.epoch), bytes.len());
         assert_eq!(&bytes[..8], b"VMTLOG01");
         assert_eq!(le16(&bytes, 8), VERSION);
         assert_eq!(le16(&bytes, 10), KIND_CHECKPOINT);
-        assert_eq!(le64(&bytes, 16), (bytes.len() - HEADER_LEN) as u64);
+        assert_eq!(le64(&bytes, 16), (bytes.len() - HEADER_LEN - TRAILER_LEN) as u64);
+        assert_eq!(le32(&bytes, 12), key().id(), "key id");
         assert_eq!(le64(&bytes, HEADER_LEN), 7, "seq at body offset 0");
         assert_eq!(bytes[HEADER_LEN + 40], FLAG_FULL | FLAG_HEAT_FULL);
-        assert_eq!(decode(&bytes), Ok(Record::Checkpoint(c)));
+        assert_eq!(dec(&bytes), Ok(Record::Checkpoint(c)));
     }
 
     #[test]
     fn fence_heartbeat_claim_round_trip() {
         let f = Fence { seq: 9, epoch: 3, created_unix_ms: 5, holder: "host-b:1234".into() };
-        assert_eq!(decode(&encode(&Record::Fence(f.clone()))), Ok(Record::Fence(f)));
+        assert_eq!(dec(&encode(&key(), &Record::Fence(f.clone()))), Ok(Record::Fence(f)));
         let h = Heartbeat { epoch: 3, holder: "host-b".into(), counter: 17, unix_ms: 8, last_committed: 12 };
-        assert_eq!(decode_heartbeat(&encode_heartbeat(&h)), Ok(h.clone()));
+        assert_eq!(decode_heartbeat(&key(), &encode_heartbeat(&key(), &h)), Ok(h.clone()));
         let cl = Claim { epoch: 4, created_unix_ms: 1, nonce: 77, holder: "ü".into() };
-        assert_eq!(decode_claim(&encode_claim(&cl)), Ok(cl));
+        assert_eq!(decode_claim(&key(), &epoch_key(4), &encode_claim(&key(), &cl)), Ok(cl));
         // Kinds are not interchangeable.
-        assert!(matches!(decode(&encode_heartbeat(&h)), Err(RecordError::WrongKind { found: "heartbeat", .. })));
-        let fence = encode(&Record::Fence(Fence::default()));
-        assert!(matches!(decode_heartbeat(&fence), Err(RecordError::WrongKind { found: "fence", .. })));
-        assert!(matches!(decode_claim(&fence), Err(RecordError::WrongKind { .. })));
+        let hb = encode_heartbeat(&key(), &h);
+        assert!(matches!(decode(&key(), HEARTBEAT_KEY, &hb), Err(RecordError::WrongKind { found: "heartbeat", .. })));
+        // Under another record's name, the MAC fails first.
+        assert!(matches!(dec(&hb), Err(RecordError::Forged { .. })));
+        let fence = encode(&key(), &Record::Fence(Fence::default()));
+        assert!(matches!(decode_heartbeat(&key(), &fence), Err(RecordError::Forged { .. })));
+        assert!(matches!(
+            decode_claim(&key(), &log_key(0), &fence),
+            Err(RecordError::WrongKind { found: "fence", .. })
+        ));
     }
 
     #[test]
     fn specific_errors() {
-        let good = encode(&Record::Checkpoint(sample()));
-        assert_eq!(decode(&good[..10]), Err(RecordError::Truncated { need: 32, have: 10 }));
+        let good = encode(&key(), &Record::Checkpoint(sample()));
+        assert_eq!(dec(&good[..10]), Err(RecordError::Truncated { need: 32, have: 10 }));
         assert_eq!(
-            decode(&good[..good.len() - 1]),
+            dec(&good[..good.len() - 1]),
             Err(RecordError::Truncated { need: good.len() as u64, have: good.len() as u64 - 1 })
         );
         let mut long = good.clone();
         long.push(0);
-        assert_eq!(decode(&long), Err(RecordError::TrailingBytes { extra: 1 }));
+        assert_eq!(dec(&long), Err(RecordError::TrailingBytes { extra: 1 }));
 
         let mut bad = good.clone();
         bad[0] = b'X';
-        assert!(matches!(decode(&bad), Err(RecordError::BadMagic { .. })));
+        assert!(matches!(dec(&bad), Err(RecordError::BadMagic { .. })));
 
         let mut bad = good.clone();
         bad[17] ^= 1;
-        assert!(matches!(decode(&bad), Err(RecordError::HeaderChecksum { .. })));
+        assert!(matches!(dec(&bad), Err(RecordError::HeaderChecksum { .. })));
 
         let mut bad = good.clone();
         bad[HEADER_LEN + 3] ^= 0x80;
-        assert!(matches!(decode(&bad), Err(RecordError::BodyChecksum { .. })));
+        assert!(matches!(dec(&bad), Err(RecordError::BodyChecksum { .. })));
 
         // A header re-sealed with another version / kind / length.
         let reseal = |mut b: Vec<u8>, at: usize, val: &[u8]| {
@@ -845,15 +953,56 @@ mod tests {
             b
         };
         assert_eq!(
-            decode(&reseal(good.clone(), 8, &2u16.to_le_bytes())),
-            Err(RecordError::UnsupportedVersion { found: 2 })
+            dec(&reseal(good.clone(), 8, &1u16.to_le_bytes())),
+            Err(RecordError::UnsupportedVersion { found: 1 }),
+            "version 1 (unauthenticated) is refused"
         );
-        assert_eq!(decode(&reseal(good.clone(), 10, &9u16.to_le_bytes())), Err(RecordError::UnknownKind { found: 9 }));
+        assert_eq!(dec(&reseal(good.clone(), 10, &9u16.to_le_bytes())), Err(RecordError::UnknownKind { found: 9 }));
         assert_eq!(
-            decode(&reseal(good.clone(), 16, &u64::MAX.to_le_bytes())),
+            dec(&reseal(good.clone(), 16, &u64::MAX.to_le_bytes())),
             Err(RecordError::TooLarge { len: u64::MAX })
         );
-        assert!(matches!(decode(&reseal(good.clone(), 12, &1u32.to_le_bytes())), Err(RecordError::Malformed { .. })));
+        assert!(matches!(dec(&reseal(good.clone(), 12, &1u32.to_le_bytes())), Err(RecordError::WrongKey { .. })));
+    }
+
+    /// A record changed by someone without the key, with its checksums made right again, is
+    /// refused as forged; one written with another key as such; one moved to another position
+    /// fails its MAC.
+    #[test]
+    fn forged_moved_and_foreign_records_are_refused() {
+        let good = encode(&key(), &Record::Checkpoint(sample()));
+        assert!(dec(&good).is_ok());
+        // Forge: point page 1 elsewhere, fix both crcs.
+        let mut forged = good.clone();
+        let end = forged.len() - TRAILER_LEN;
+        forged[HEADER_LEN + CHECKPOINT_FIXED + 9 + 9] ^= 0x01; // page 1's slot
+        let bcrc = crc32c::crc32c(&forged[HEADER_LEN..end]);
+        forged[24..28].copy_from_slice(&bcrc.to_le_bytes());
+        let hcrc = crc32c::crc32c(&forged[..28]);
+        forged[28..32].copy_from_slice(&hcrc.to_le_bytes());
+        let err = dec(&forged).expect_err("forged");
+        assert_eq!(err, RecordError::Forged { name: log_key(7) });
+        assert!(err.to_string().contains("log/00000000000000000007.rec"), "{err}");
+        // The same record presented at another position.
+        assert_eq!(decode(&key(), &log_key(8), &good), Err(RecordError::Forged { name: log_key(8) }));
+        // A claim moved to another epoch.
+        let cl = encode_claim(&key(), &Claim { epoch: 3, holder: "a".into(), ..Claim::default() });
+        assert!(decode_claim(&key(), &epoch_key(3), &cl).is_ok());
+        assert!(matches!(decode_claim(&key(), &epoch_key(4), &cl), Err(RecordError::Forged { .. })));
+        // Another cluster's key: named as such.
+        let theirs = ClusterKey::from_bytes(&[7; 32], "their key").expect("key");
+        let foreign = encode(&theirs, &Record::Checkpoint(sample()));
+        let err = dec(&foreign).expect_err("wrong key");
+        assert!(
+            matches!(&err, RecordError::WrongKey { found, ours, .. } if *found == theirs.id() && *ours == key().id())
+        );
+        assert!(err.to_string().contains("test key") && err.to_string().contains("key_file"), "{err}");
+        // A foreigner that copies our key id still fails the MAC.
+        let mut copied_id = foreign.clone();
+        copied_id[12..16].copy_from_slice(&key().id().to_le_bytes());
+        let hcrc = crc32c::crc32c(&copied_id[..28]);
+        copied_id[28..32].copy_from_slice(&hcrc.to_le_bytes());
+        assert!(matches!(dec(&copied_id), Err(RecordError::Forged { .. })));
     }
 
     /// A body with a valid checksum but an absurd page count is refused before allocating.
@@ -861,27 +1010,25 @@ mod tests {
     fn absurd_counts_are_refused() {
         let mut body = vec![0u8; CHECKPOINT_FIXED];
         body[41..45].copy_from_slice(&u32::MAX.to_le_bytes());
-        let err = decode(&frame(KIND_CHECKPOINT, &body)).expect_err("absurd count");
+        let err = dec(&fr(KIND_CHECKPOINT, &body)).expect_err("absurd count");
         assert!(matches!(&err, RecordError::Malformed { what } if what.contains("4294967295 pages")), "{err}");
         let mut body = vec![0u8; 28];
         body[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&frame(KIND_FENCE, &body)), Err(RecordError::Malformed { .. })));
+        assert!(matches!(dec(&fr(KIND_FENCE, &body)), Err(RecordError::Malformed { .. })));
         // Unknown location tag, unknown flags, invalid UTF-8.
         let mut body = vec![0u8; CHECKPOINT_FIXED + 9];
         body[41] = 1;
         body[CHECKPOINT_FIXED + 4] = 7;
         assert!(
-            matches!(decode(&frame(KIND_CHECKPOINT, &body)), Err(RecordError::Malformed { what }) if what.contains("tag 7"))
+            matches!(dec(&fr(KIND_CHECKPOINT, &body)), Err(RecordError::Malformed { what }) if what.contains("tag 7"))
         );
         let mut body = vec![0u8; CHECKPOINT_FIXED];
         body[40] = 0x80;
-        assert!(matches!(decode(&frame(KIND_CHECKPOINT, &body)), Err(RecordError::Malformed { .. })));
+        assert!(matches!(dec(&fr(KIND_CHECKPOINT, &body)), Err(RecordError::Malformed { .. })));
         let mut body = vec![0u8; 29];
         body[24] = 1;
         body[28] = 0xff;
-        assert!(
-            matches!(decode(&frame(KIND_FENCE, &body)), Err(RecordError::Malformed { what }) if what.contains("UTF-8"))
-        );
+        assert!(matches!(dec(&fr(KIND_FENCE, &body)), Err(RecordError::Malformed { what }) if what.contains("UTF-8")));
     }
 
     #[test]
@@ -910,7 +1057,10 @@ mod tests {
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {
-        let page = (any::<u32>(), arb_location(), any::<u32>()).prop_map(|(page, loc, crc)| PageLoc { page, loc, crc });
+        let page = (any::<u32>(), arb_location(), any::<u32>()).prop_map(|(page, loc, crc)| {
+            let tag = if loc == Location::Zero { [0; 16] } else { [crc as u8; 16] };
+            PageLoc { page, loc, crc, tag }
+        });
         let heat = (any::<u32>(), 0u8..=100, any::<u16>()).prop_map(|(page, freq, age)| Heat { page, freq, age });
         let ckpt = (
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>(), any::<u64>()),
@@ -944,36 +1094,36 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(r in arb_record()) {
-            let bytes = encode(&r);
-            prop_assert_eq!(decode(&bytes), Ok(r));
+            let bytes = encode(&key(), &r);
+            prop_assert_eq!(dec(&bytes), Ok(r));
         }
 
         #[test]
         fn decode_never_panics_on_noise(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode(&bytes);
-            let _ = decode_heartbeat(&bytes);
-            let _ = decode_claim(&bytes);
+            let _ = dec(&bytes);
+            let _ = decode_heartbeat(&key(), &bytes);
+            let _ = decode_claim(&key(), &epoch_key(1), &bytes);
         }
 
         /// Noise behind a valid header (so the body parser, not the checksum, is exercised).
         #[test]
         fn decode_never_panics_on_sealed_noise(kind in 1u16..=4, body in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let bytes = frame(kind, &body);
-            let _ = decode(&bytes);
-            let _ = decode_heartbeat(&bytes);
-            let _ = decode_claim(&bytes);
+            let bytes = fr(kind, &body);
+            let _ = dec(&bytes);
+            let _ = decode_heartbeat(&key(), &bytes);
+            let _ = decode_claim(&key(), &epoch_key(1), &bytes);
         }
 
         /// Any single flipped bit or truncation of a valid record is an error, never another record.
         #[test]
         fn damage_is_detected(r in arb_record(), pos in any::<prop::sample::Index>(), bit in 0u8..8, cut in any::<prop::sample::Index>()) {
-            let bytes = encode(&r);
+            let bytes = encode(&key(), &r);
             let mut flipped = bytes.clone();
             let i = pos.index(flipped.len());
             flipped[i] ^= 1 << bit;
-            prop_assert!(decode(&flipped).is_err(), "flip at {}", i);
+            prop_assert!(dec(&flipped).is_err(), "flip at {}", i);
             let n = cut.index(bytes.len());
-            prop_assert!(decode(&bytes[..n]).is_err(), "cut at {}", n);
+            prop_assert!(dec(&bytes[..n]).is_err(), "cut at {}", n);
         }
     }
 }

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use crate::record::{Checkpoint, Heat, Location, Record, page_digest};
+use crate::auth::PageTag;
+use crate::record::{Checkpoint, Heat, Location, PageLoc, Record, page_digest};
 
 /// Errors of [`ReplicaMap::apply`]. After one the map is not usable: rebuild it from a new
 /// [`LogReader`](crate::LogReader).
@@ -46,7 +47,7 @@ pub enum ReplicaError {
 /// guest size and vCPU state. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaMap {
-    pages: HashMap<u32, (Location, u32)>,
+    pages: HashMap<u32, (Location, u32, PageTag)>,
     digest: u64,
     seq: u64,
     epoch: u64,
@@ -102,15 +103,15 @@ impl ReplicaMap {
             self.based = true;
         }
         for p in &c.pages {
-            let new = (p.loc != Location::Zero).then_some((p.loc, p.crc));
+            let new = (p.loc != Location::Zero).then_some((p.loc, p.crc, p.tag));
             let old = match new {
                 Some(v) => self.pages.insert(p.page, v),
                 None => self.pages.remove(&p.page),
             };
-            if let Some((_, crc)) = old {
+            if let Some((_, crc, _)) = old {
                 self.digest = self.digest.wrapping_sub(page_digest(p.page, crc));
             }
-            if let Some((_, crc)) = new {
+            if let Some((_, crc, _)) = new {
                 self.digest = self.digest.wrapping_add(page_digest(p.page, crc));
             }
         }
@@ -140,12 +141,22 @@ impl ReplicaMap {
 
     /// Where `page` is and its crc32c; `None`: the page is zero.
     pub fn get(&self, page: u32) -> Option<(Location, u32)> {
-        self.pages.get(&page).copied()
+        self.pages.get(&page).map(|&(l, c, _)| (l, c))
+    }
+
+    /// `page`'s whole entry (location, crc32c and keyed tag); `None`: the page is zero.
+    pub fn entry(&self, page: u32) -> Option<PageLoc> {
+        self.pages.get(&page).map(|&(loc, crc, tag)| PageLoc { page, loc, crc, tag })
     }
 
     /// Every non-zero page, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, Location, u32)> + '_ {
-        self.pages.iter().map(|(&p, &(l, c))| (p, l, c))
+        self.pages.iter().map(|(&p, &(l, c, _))| (p, l, c))
+    }
+
+    /// Every non-zero page's whole entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = PageLoc> + '_ {
+        self.pages.iter().map(|(&page, &(loc, crc, tag))| PageLoc { page, loc, crc, tag })
     }
 
     /// Number of non-zero pages.
@@ -205,14 +216,14 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::record::{Fence, PageLoc, map_digest};
+    use crate::record::{Fence, map_digest};
 
     fn ckpt(seq: u64, full: bool, pages: &[(u32, Location, u32)], model: &HashMap<u32, (Location, u32)>) -> Checkpoint {
         Checkpoint {
             seq,
             epoch: 1,
             full,
-            pages: pages.iter().map(|&(page, loc, crc)| PageLoc { page, loc, crc }).collect(),
+            pages: pages.iter().map(|&(page, loc, crc)| PageLoc { page, loc, crc, tag: [0; 16] }).collect(),
             digest: map_digest(model.iter().map(|(&p, &(_, c))| (p, c))),
             ..Checkpoint::default()
         }

@@ -15,11 +15,17 @@ use vmtier_repl::log::{HEARTBEAT_KEY, epoch_key, log_key, read_claim};
 use vmtier_repl::record::{self, Heartbeat};
 use vmtier_repl::store::{BackendError, Created, DirStore, MemStore, SharedStore, StoreError};
 use vmtier_repl::{
-    Checkpoint, ExclusiveWrites, Fence, LeaseStatus, LeaseWatch, Location, LogError, LogReader, LogWriter, PageLoc,
-    Record, RecordError, ReplicaMap, map_digest, read_heartbeat,
+    Checkpoint, ClusterKey, ExclusiveWrites, Fence, LeaseStatus, LeaseWatch, Location, LogError, LogReader, LogWriter,
+    PageLoc, Record, RecordError, ReplicaMap, map_digest, read_heartbeat,
 };
 
 use crate::s3::S3Server;
+
+/// The cluster key of every test here.
+fn key() -> &'static ClusterKey {
+    static KEY: std::sync::OnceLock<ClusterKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| ClusterKey::from_bytes(&[0x33; 32], "test key").expect("key"))
+}
 
 type Model = BTreeMap<u32, (Location, u32)>;
 
@@ -33,9 +39,9 @@ fn ckpt(model: &mut Model, changes: &[(u32, Location, u32)], full: bool) -> Chec
         }
     }
     let pages: Vec<PageLoc> = if full {
-        model.iter().map(|(&page, &(loc, crc))| PageLoc { page, loc, crc }).collect()
+        model.iter().map(|(&page, &(loc, crc))| PageLoc { page, loc, crc, tag: [0; 16] }).collect()
     } else {
-        changes.iter().map(|&(page, loc, crc)| PageLoc { page, loc, crc }).collect()
+        changes.iter().map(|&(page, loc, crc)| PageLoc { page, loc, crc, tag: [0; 16] }).collect()
     };
     Checkpoint {
         created_unix_ms: 1,
@@ -72,7 +78,7 @@ fn head(store: &Arc<dyn SharedStore>) -> u64 {
 
 /// Rebuilds the replica from a fresh reader and checks it equals `model`.
 fn check_replica(store: &Arc<dyn SharedStore>, model: &Model) -> Vec<Record> {
-    let mut reader = LogReader::open(store.clone()).expect("open reader");
+    let mut reader = LogReader::open(store.clone(), key()).expect("open reader");
     let records = poll_to(&mut reader, head(store));
     let mut map = ReplicaMap::new();
     for r in &records {
@@ -97,26 +103,26 @@ fn assert_fenced(r: Result<impl std::fmt::Debug, LogError>, seq: u64, our: u64, 
 fn fencing_suite(store: Arc<dyn SharedStore>) {
     let mut model = Model::new();
     // Primary A: the first epoch, no fence.
-    let mut a = LogWriter::claim(store.clone(), "host-a").expect("claim A");
+    let mut a = LogWriter::claim(store.clone(), key(), "host-a").expect("claim A");
     assert_eq!((a.epoch(), a.next_seq()), (1, 1));
-    assert_eq!(read_claim(&*store, 1).expect("claim").map(|c| c.holder).as_deref(), Some("host-a"));
-    let mut reader = LogReader::open(store.clone()).expect("reader");
+    assert_eq!(read_claim(&*store, key(), 1).expect("claim").map(|c| c.holder).as_deref(), Some("host-a"));
+    let mut reader = LogReader::open(store.clone(), key()).expect("reader");
     assert!(matches!(a.commit(&ckpt(&mut model, &[ssd(1, 1)], false)), Err(LogError::NeedFull { seq: 1 })));
     assert_eq!(a.commit(&ckpt(&mut model, &[ssd(1, 1), ssd(2, 2)], true)).expect("commit 1"), 1);
     assert_eq!(a.commit(&ckpt(&mut model, &[ssd(2, 3), (1, Location::Zero, 0)], false)).expect("commit 2"), 2);
     a.heartbeat(2).expect("heartbeat");
-    let hb = read_heartbeat(&*store).expect("read").expect("heartbeat");
+    let hb = read_heartbeat(&*store, key()).expect("read").expect("heartbeat");
     assert_eq!((hb.epoch, hb.holder.as_str(), hb.last_committed), (1, "host-a", 2));
     // The heartbeat from a thread of its own, sharing the writer's counter.
     let beater = a.heartbeater();
     std::thread::spawn(move || beater.beat(2)).join().unwrap().expect("beat from a thread");
-    let hb2 = read_heartbeat(&*store).expect("read").expect("heartbeat");
+    let hb2 = read_heartbeat(&*store, key()).expect("read").expect("heartbeat");
     assert_eq!((hb2.epoch, hb2.counter), (1, hb.counter + 1));
     let beater = a.heartbeater();
     check_replica(&store, &model);
 
     // B claims: epoch 2, fence at 3.
-    let mut b = LogWriter::claim(store.clone(), "host-b").expect("claim B");
+    let mut b = LogWriter::claim(store.clone(), key(), "host-b").expect("claim B");
     assert_eq!((b.epoch(), b.next_seq(), b.last_full()), (2, 4, Some(1)));
     // A, the stale primary, can never commit again — nor heartbeat, nor truncate.
     let stale = ckpt(&mut model.clone(), &[ssd(9, 9)], false);
@@ -138,7 +144,7 @@ fn fencing_suite(store: Arc<dyn SharedStore>) {
     assert_eq!(seen, [1, 2, 3, 4]);
 
     // C takes over from B; B finds out at its next commit (C's fence took B's next position).
-    let mut c = LogWriter::claim(store.clone(), "host-c").expect("claim C");
+    let mut c = LogWriter::claim(store.clone(), key(), "host-c").expect("claim C");
     assert_eq!((c.epoch(), c.next_seq()), (3, 6));
     assert_eq!(c.commit(&ckpt(&mut model, &[ssd(4, 5)], true)).expect("full 6"), 6);
     assert_fenced(b.commit(&ckpt(&mut model.clone(), &[ssd(5, 5)], false)), 5, 2, 3, "host-c");
@@ -152,10 +158,10 @@ fn fencing_suite(store: Arc<dyn SharedStore>) {
     let records = check_replica(&store, &model);
     assert_eq!(records.iter().map(Record::seq).collect::<Vec<_>>(), [6, 7]);
     // The old reader fell behind the truncation: told so, not silently skipped ahead.
-    let mut behind = LogReader::open_at(store.clone(), 5);
+    let mut behind = LogReader::open_at(store.clone(), key(), 5);
     assert!(matches!(behind.poll(), Err(LogError::TruncatedPast { next: 5, oldest: 6 })));
     // A new claimer after truncation still fences after the head.
-    let d = LogWriter::claim(store.clone(), "host-d").expect("claim D");
+    let d = LogWriter::claim(store.clone(), key(), "host-d").expect("claim D");
     assert_eq!((d.epoch(), d.next_seq(), d.last_full()), (4, 9, Some(6)));
     assert_fenced(c.commit(&ckpt(&mut model.clone(), &[ssd(6, 6)], false)), 8, 3, 4, "host-d");
 }
@@ -182,7 +188,7 @@ fn fencing_on_s3_server() {
 /// epochs are distinct, the old primary ends fenced, and the log replays cleanly.
 fn claim_race(store: Arc<dyn SharedStore>) {
     let mut model = Model::new();
-    let mut old = LogWriter::claim(store.clone(), "old").expect("claim");
+    let mut old = LogWriter::claim(store.clone(), key(), "old").expect("claim");
     old.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("full");
     let barrier = Arc::new(Barrier::new(4));
     let claimers: Vec<_> = (0..3)
@@ -190,7 +196,7 @@ fn claim_race(store: Arc<dyn SharedStore>) {
             let (store, barrier) = (store.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                LogWriter::claim(store, &format!("new-{i}")).map(|w| w.epoch())
+                LogWriter::claim(store, key(), &format!("new-{i}")).map(|w| w.epoch())
             })
         })
         .collect();
@@ -217,7 +223,7 @@ fn claim_race(store: Arc<dyn SharedStore>) {
     assert!(ok >= 1, "{results:?}");
     eprintln!("{}: old primary committed {committed} before {fenced}", store.describe());
     // Replay: checks contiguity, epoch order and fences.
-    let mut reader = LogReader::open(store.clone()).expect("reader");
+    let mut reader = LogReader::open(store.clone(), key()).expect("reader");
     let all = poll_to(&mut reader, head(&store));
     assert!(all.iter().any(|r| matches!(r, Record::Fence(_))));
 }
@@ -257,11 +263,11 @@ fn expect_corrupt(reader: &mut LogReader, seq: u64, check: impl FnOnce(&RecordEr
 /// stays before it, and continues once it is repaired.
 fn damaged_records(store: Arc<dyn SharedStore>) {
     let mut model = Model::new();
-    let mut w = LogWriter::claim(store.clone(), "a").expect("claim");
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
     w.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("1");
     w.commit(&ckpt(&mut model, &[ssd(2, 2)], false)).expect("2");
     w.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("3");
-    let mut reader = LogReader::open_at(store.clone(), 1);
+    let mut reader = LogReader::open_at(store.clone(), key(), 1);
     assert_eq!(poll_to(&mut reader, 3).len(), 3);
     w.commit(&ckpt(&mut model, &[ssd(4, 4)], false)).expect("4");
     w.commit(&ckpt(&mut model, &[ssd(5, 5)], false)).expect("5");
@@ -292,7 +298,8 @@ fn damaged_records(store: Arc<dyn SharedStore>) {
     // A record copied to the wrong position.
     let three = store.get(&log_key(3)).expect("get").expect("3");
     corrupt(&store, 4, |b| *b = three.clone());
-    assert!(matches!(reader.poll(), Err(LogError::WrongSeq { found: 3, .. })));
+    // Its MAC binds it to position 3: at 4 it does not verify.
+    expect_corrupt(&mut reader, 4, |e| assert!(matches!(e, RecordError::Forged { .. }), "{e}"));
     // The error message names key and store.
     corrupt(&store, 4, |b| b.truncate(40));
     let msg = reader.poll().expect_err("corrupt").to_string();
@@ -314,12 +321,12 @@ fn damaged_records(store: Arc<dyn SharedStore>) {
     store.put(&log_key(6), &six).expect("restore");
     // The damaged-record errors of `LogReader::open` name the key too.
     let seven = corrupt(&store, 7, |b| b[50] ^= 4);
-    match LogReader::open(store.clone()) {
+    match LogReader::open(store.clone(), key()) {
         Err(LogError::Corrupt { key, .. }) => assert_eq!(key, log_key(7)),
         other => panic!("expected Corrupt, got {other:?}"),
     }
     // So does a claim, which reads the head.
-    assert!(matches!(LogWriter::claim(store.clone(), "b"), Err(LogError::Corrupt { .. })));
+    assert!(matches!(LogWriter::claim(store.clone(), key(), "b"), Err(LogError::Corrupt { .. })));
     corrupt(&store, 7, |b| *b = seven);
     check_replica(&store, &model);
 }
@@ -332,14 +339,14 @@ fn damaged_records_on_directory() {
 
     // A writer that died before publishing leaves only a temporary file: invisible, no error.
     let root = dir.path();
-    let mut reader = LogReader::open_at(store.clone(), 8);
-    let w = LogWriter::claim(store.clone(), "b").expect("claim");
+    let mut reader = LogReader::open_at(store.clone(), key(), 8);
+    let w = LogWriter::claim(store.clone(), key(), "b").expect("claim");
     let fence_seq = w.next_seq() - 1;
     assert_eq!(
         reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(),
         (8..=fence_seq).collect::<Vec<_>>()
     );
-    let mut half = record::encode(&Record::Fence(Fence { seq: fence_seq + 1, epoch: 9, ..Fence::default() }));
+    let mut half = record::encode(key(), &Record::Fence(Fence { seq: fence_seq + 1, epoch: 9, ..Fence::default() }));
     half.truncate(half.len() / 2);
     std::fs::write(root.join("log/.tmp-00000000deadbeef"), &half).expect("write temp");
     // Unrelated files in the log directory are ignored as well.
@@ -365,8 +372,8 @@ fn damaged_records_on_s3_server() {
 fn stale_writer_after_truncation(store: Arc<dyn SharedStore>) {
     let mut model = Model::new();
     // A never committed; B fenced at 1, committed, truncated the fence away.
-    let mut a = LogWriter::claim(store.clone(), "a").expect("claim A");
-    let mut b = LogWriter::claim(store.clone(), "b").expect("claim B");
+    let mut a = LogWriter::claim(store.clone(), key(), "a").expect("claim A");
+    let mut b = LogWriter::claim(store.clone(), key(), "b").expect("claim B");
     assert_eq!(b.next_seq(), 2);
     b.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("2");
     assert_eq!(b.truncate_before(2).expect("truncate"), 1);
@@ -374,7 +381,7 @@ fn stale_writer_after_truncation(store: Arc<dyn SharedStore>) {
     assert_fenced(a.commit(&ckpt(&mut Model::new(), &[], true)), 1, 1, 2, "b");
     // B committed further; C takes over and truncates B's fence and records away.
     b.commit(&ckpt(&mut model, &[ssd(2, 2)], false)).expect("3");
-    let mut c = LogWriter::claim(store.clone(), "c").expect("claim C");
+    let mut c = LogWriter::claim(store.clone(), key(), "c").expect("claim C");
     c.commit(&ckpt(&mut model, &[ssd(3, 3)], true)).expect("5");
     c.truncate_before(5).expect("truncate");
     assert_fenced(b.commit(&ckpt(&mut model.clone(), &[ssd(9, 9)], false)), 4, 2, 3, "c");
@@ -400,7 +407,7 @@ fn stale_writer_after_truncation_on_s3_server() {
 }
 
 fn put_record(store: &MemStore, r: Record) {
-    assert_eq!(store.put_exclusive(&log_key(r.seq()), &record::encode(&r)).expect("put"), Created::Yes);
+    assert_eq!(store.put_exclusive(&log_key(r.seq()), &record::encode(key(), &r)).expect("put"), Created::Yes);
 }
 
 fn ck(seq: u64, epoch: u64) -> Record {
@@ -418,7 +425,7 @@ fn ordering_is_validated() {
     for r in [ck(1, 2), ck(2, 1)] {
         put_record(&s, r);
     }
-    let mut reader = LogReader::open_at(s.clone(), 1);
+    let mut reader = LogReader::open_at(s.clone(), key(), 1);
     // The good record before the bad one is returned; the error comes next, and stays.
     assert_eq!(reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(), [1]);
     for _ in 0..2 {
@@ -434,7 +441,7 @@ fn ordering_is_validated() {
     for r in [ck(1, 1), fence(2, 3), ck(3, 2)] {
         put_record(&s, r);
     }
-    let mut reader = LogReader::open_at(s.clone(), 1);
+    let mut reader = LogReader::open_at(s.clone(), key(), 1);
     assert_eq!(reader.poll().expect("poll").len(), 2);
     assert!(matches!(reader.poll(), Err(LogError::EpochWentBack { epoch: 2, previous: 3, .. })));
 
@@ -443,7 +450,7 @@ fn ordering_is_validated() {
     for r in [ck(1, 2), fence(2, 2)] {
         put_record(&s, r);
     }
-    let mut reader = LogReader::open_at(s.clone(), 1);
+    let mut reader = LogReader::open_at(s.clone(), key(), 1);
     assert_eq!(reader.poll().expect("poll").len(), 1);
     assert!(matches!(reader.poll(), Err(LogError::FenceNotNewer { epoch: 2, previous: 2, .. })));
 
@@ -452,7 +459,7 @@ fn ordering_is_validated() {
     for r in [ck(1, 1), ck(2, 1)] {
         put_record(&s, r);
     }
-    let mut reader = LogReader::open_at(s.clone(), 1);
+    let mut reader = LogReader::open_at(s.clone(), key(), 1);
     assert_eq!(reader.poll().expect("poll").len(), 2);
     assert!(reader.poll().expect("poll").is_empty());
     put_record(&s, ck(3, 1));
@@ -465,7 +472,7 @@ fn ordering_is_validated() {
     }
     let delta = Record::Checkpoint(Checkpoint { seq: 4, epoch: 2, ..Checkpoint::default() });
     put_record(&s, delta);
-    let mut reader = LogReader::open(s.clone()).expect("open");
+    let mut reader = LogReader::open(s.clone(), key()).expect("open");
     assert_eq!(reader.next_seq(), 2);
     assert_eq!(reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(), [2, 3, 4]);
 }
@@ -473,7 +480,7 @@ fn ordering_is_validated() {
 #[test]
 fn commit_fills_and_checks_seq_and_epoch() {
     let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
-    let mut w = LogWriter::claim(store.clone(), "a").expect("claim");
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
     let mut c = ckpt(&mut Model::new(), &[], true);
     c.seq = 5;
     assert!(matches!(w.commit(&c), Err(LogError::SeqMismatch { expected: 1, found: 5 })));
@@ -485,7 +492,7 @@ fn commit_fills_and_checks_seq_and_epoch() {
     c.seq = 0;
     c.epoch = 0;
     assert_eq!(w.commit(&c).expect("filled in"), 2);
-    let rec = record::decode(&store.get(&log_key(2)).expect("get").expect("2")).expect("decode");
+    let rec = record::decode(key(), &log_key(2), &store.get(&log_key(2)).expect("get").expect("2")).expect("decode");
     assert_eq!((rec.seq(), rec.epoch()), (2, 1));
     assert!(!w.is_fenced(), "errors other than a taken position do not fence");
 }
@@ -496,8 +503,8 @@ fn newest_record_is_held_back_on_settling_stores() {
     let settle = Duration::from_millis(150);
     let store: Arc<dyn SharedStore> = Arc::new(MemStore::with_settle(settle));
     let mut model = Model::new();
-    let mut w = LogWriter::claim(store.clone(), "a").expect("claim");
-    let mut reader = LogReader::open(store.clone()).expect("reader");
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    let mut reader = LogReader::open(store.clone(), key()).expect("reader");
     w.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("1");
     assert!(reader.poll().expect("poll").is_empty(), "held");
     std::thread::sleep(settle);
@@ -507,40 +514,40 @@ fn newest_record_is_held_back_on_settling_stores() {
     assert_eq!(reader.poll().expect("poll").iter().map(Record::seq).collect::<Vec<_>>(), [2], "3 is held");
     // Record 3 replaced while held (a racing writer on a non-atomic server): the clock restarts.
     std::thread::sleep(settle / 2);
-    let replaced = record::encode(&Record::Checkpoint(Checkpoint { seq: 3, epoch: 1, ..Checkpoint::default() }));
+    let replaced = record::encode(key(), &Record::Checkpoint(Checkpoint { seq: 3, epoch: 1, ..Checkpoint::default() }));
     store.put(&log_key(3), &replaced).expect("replace");
     std::thread::sleep(settle / 2 + Duration::from_millis(10));
     assert!(reader.poll().expect("poll").is_empty(), "changed: held again");
     std::thread::sleep(settle);
     let got = reader.poll().expect("poll");
-    assert_eq!(got, [record::decode(&replaced).expect("decode")], "the final value");
+    assert_eq!(got, [record::decode(key(), &log_key(3), &replaced).expect("decode")], "the final value");
 }
 
 #[test]
 fn lease_watch_sees_the_heartbeat_stop() {
     let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
     let mut watch = LeaseWatch::new(Duration::from_millis(100));
-    assert_eq!(watch.poll(&*store).expect("poll"), LeaseStatus::Alive, "watch just started");
-    let w = LogWriter::claim(store.clone(), "a").expect("claim");
+    assert_eq!(watch.poll(&*store, key()).expect("poll"), LeaseStatus::Alive, "watch just started");
+    let w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
     for i in 0..5 {
         w.heartbeat(i).expect("beat");
-        assert_eq!(watch.poll(&*store).expect("poll"), LeaseStatus::Alive);
+        assert_eq!(watch.poll(&*store, key()).expect("poll"), LeaseStatus::Alive);
         std::thread::sleep(Duration::from_millis(40));
     }
     assert_eq!(watch.last().map(|h| h.counter), Some(5));
     std::thread::sleep(Duration::from_millis(110));
-    assert!(matches!(watch.poll(&*store).expect("poll"), LeaseStatus::Expired { .. }));
+    assert!(matches!(watch.poll(&*store, key()).expect("poll"), LeaseStatus::Expired { .. }));
     // A damaged heartbeat is an error naming the key; the writer overwrites it.
     store.put(HEARTBEAT_KEY, b"garbage").expect("put");
-    match watch.poll(&*store) {
+    match watch.poll(&*store, key()) {
         Err(LogError::Corrupt { key, .. }) => assert_eq!(key, HEARTBEAT_KEY),
         other => panic!("{other:?}"),
     }
     w.heartbeat(9).expect("beat over garbage");
-    assert_eq!(read_heartbeat(&*store).expect("read").map(|h| h.last_committed), Some(9));
+    assert_eq!(read_heartbeat(&*store, key()).expect("read").map(|h| h.last_committed), Some(9));
     // A heartbeat of a newer epoch fences the writer's heartbeat.
     let newer = Heartbeat { epoch: 5, holder: "z".into(), ..Heartbeat::default() };
-    store.put(HEARTBEAT_KEY, &record::encode_heartbeat(&newer)).expect("put");
+    store.put(HEARTBEAT_KEY, &record::encode_heartbeat(key(), &newer)).expect("put");
     assert_fenced(w.heartbeat(10), w.next_seq(), 1, 5, "z");
     assert!(store.get(&epoch_key(1)).expect("get").is_some());
 }
@@ -652,14 +659,14 @@ proptest! {
         let store: Arc<dyn SharedStore> = faulty.clone();
         let mut model = Model::new();
         let mut writers = 0;
-        let mut w = retry(|| LogWriter::claim(store.clone(), "w0")).expect("first claim");
+        let mut w = retry(|| LogWriter::claim(store.clone(), key(), "w0")).expect("first claim");
         let mut stale: Vec<LogWriter> = Vec::new();
         retry(|| w.commit(&ckpt(&mut model.clone(), &[], true))).expect("first full");
         for (op, page, x) in steps {
             match op {
                 0 => {
                     writers += 1;
-                    let new = retry(|| LogWriter::claim(store.clone(), &format!("w{writers}"))).expect("claim");
+                    let new = retry(|| LogWriter::claim(store.clone(), key(), &format!("w{writers}"))).expect("claim");
                     stale.push(std::mem::replace(&mut w, new));
                 }
                 1 => {
@@ -698,4 +705,126 @@ proptest! {
 #[test]
 fn verified_exclusive_writes_are_the_default_for_s3() {
     assert_eq!(ExclusiveWrites::default(), ExclusiveWrites::Verified { settle_ms: ExclusiveWrites::DEFAULT_SETTLE_MS });
+}
+
+/// Seals `body` as a log record at position `seq` with `key`, fixing the checksums but not the
+/// MAC: what someone who can write the store but has no key can produce.
+fn forge(good: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = good.to_vec();
+    edit(&mut b);
+    let end = b.len() - record::TRAILER_LEN;
+    let body_len = (end - record::HEADER_LEN) as u64;
+    b[16..24].copy_from_slice(&body_len.to_le_bytes());
+    let bcrc = crc32c::crc32c(&b[record::HEADER_LEN..end]);
+    b[24..28].copy_from_slice(&bcrc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&hcrc.to_le_bytes());
+    b
+}
+
+/// The authentication suite (issue 6, item 6): a forged record, a record replayed at a newer
+/// position, a rolled-back log and another cluster's key are each refused with an error naming
+/// the record, and nothing of them reaches the replica.
+#[test]
+fn forged_replayed_and_rolled_back_records_are_refused() {
+    let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1), ssd(2, 2)], true)).expect("1");
+    w.commit(&ckpt(&mut model, &[ssd(2, 3)], false)).expect("2");
+    let mut reader = LogReader::open_at(store.clone(), key(), 1);
+    let mut map = ReplicaMap::new();
+    for r in poll_to(&mut reader, 2) {
+        map.apply_record(&r).expect("apply");
+    }
+    let before = map.get(2);
+
+    // 1. A forged record at the next position: valid checksums, the page moved to slot 99.
+    let two = store.get(&log_key(2)).expect("get").expect("2");
+    let forged = forge(&two, |b| {
+        let seq = 3u64.to_le_bytes();
+        b[record::HEADER_LEN..record::HEADER_LEN + 8].copy_from_slice(&seq);
+    });
+    assert_eq!(store.put_exclusive(&log_key(3), &forged).expect("put"), Created::Yes);
+    let err = reader.poll().expect_err("forged");
+    match &err {
+        LogError::Corrupt { key, source: RecordError::Forged { .. }, .. } => assert_eq!(key, &log_key(3)),
+        other => panic!("expected a forged record, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&log_key(3)), "{err}");
+    assert_eq!(map.get(2), before, "nothing applied");
+    // The primary, whose position it took, is fenced rather than overwriting it.
+    assert!(matches!(w.commit(&ckpt(&mut model.clone(), &[ssd(1, 9)], false)), Err(LogError::Fenced { .. })));
+
+    // 2. A replayed old checkpoint: record 1 (valid, full) written at position 3.
+    let one = store.get(&log_key(1)).expect("get").expect("1");
+    store.put(&log_key(3), &one).expect("put");
+    match reader.poll() {
+        Err(LogError::Corrupt { key, source: RecordError::Forged { .. }, .. }) => assert_eq!(key, log_key(3)),
+        other => panic!("expected the replay refused, got {other:?}"),
+    }
+    // Re-sealed with its seq changed to 3 (checksums fixed), it fails the MAC all the same.
+    let renumbered =
+        forge(&one, |b| b[record::HEADER_LEN..record::HEADER_LEN + 8].copy_from_slice(&3u64.to_le_bytes()));
+    store.put(&log_key(3), &renumbered).expect("put");
+    assert!(matches!(reader.poll(), Err(LogError::Corrupt { source: RecordError::Forged { .. }, .. })));
+    assert_eq!(map.get(2), before, "nothing applied");
+
+    // 3. A log rolled back: records the reader has read disappear.
+    store.delete(&log_key(3)).expect("delete");
+    store.delete(&log_key(2)).expect("delete");
+    match reader.poll() {
+        Err(LogError::RolledBack { read: 2, head: Some(1) }) => {}
+        other => panic!("expected RolledBack, got {other:?}"),
+    }
+    store.put(&log_key(2), &two).expect("restore");
+    assert!(reader.poll().expect("restored").is_empty());
+
+    // 4. Another cluster's key: every record is refused, naming the key.
+    let theirs = ClusterKey::from_bytes(&[0x44; 32], "other.key").expect("key");
+    let err = LogReader::open(store.clone(), &theirs).expect_err("wrong key");
+    match &err {
+        LogError::Corrupt { source: RecordError::WrongKey { found, ours, .. }, .. } => {
+            assert_eq!((*found, *ours), (key().id(), theirs.id()));
+        }
+        other => panic!("expected WrongKey, got {other:?}"),
+    }
+    assert!(
+        format!("{err:#}").contains("other.key")
+            || std::error::Error::source(&err).is_some_and(|s| s.to_string().contains("other.key")),
+        "{err}"
+    );
+    assert!(matches!(read_heartbeat(&*store, &theirs), Ok(None) | Err(LogError::Corrupt { .. })));
+}
+
+/// A heartbeat copied back from earlier (a replay) does not keep a dead primary's lease alive.
+#[test]
+fn replayed_heartbeat_does_not_hold_the_lease() {
+    let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+    let w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    let mut watch = LeaseWatch::new(Duration::from_millis(150));
+    w.heartbeat(0).expect("beat");
+    let old = store.get(HEARTBEAT_KEY).expect("get").expect("hb");
+    assert_eq!(watch.poll(&*store, key()).expect("poll"), LeaseStatus::Alive);
+    w.heartbeat(0).expect("beat");
+    let newer = store.get(HEARTBEAT_KEY).expect("get").expect("hb");
+    assert_eq!(watch.poll(&*store, key()).expect("poll"), LeaseStatus::Alive);
+    // The primary stops; the old and newer heartbeats are written back in turn.
+    let start = std::time::Instant::now();
+    let status = loop {
+        for hb in [&old, &newer] {
+            store.put(HEARTBEAT_KEY, hb).expect("replay");
+            let s = watch.poll(&*store, key()).expect("poll");
+            if s != LeaseStatus::Alive {
+                break;
+            }
+        }
+        let s = watch.poll(&*store, key()).expect("poll");
+        if s != LeaseStatus::Alive || start.elapsed() > Duration::from_secs(5) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(matches!(status, LeaseStatus::Expired { .. }), "replays kept the lease alive: {status:?}");
+    assert!(watch.replays() > 0);
 }

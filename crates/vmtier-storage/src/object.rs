@@ -125,13 +125,26 @@ impl Default for ObjectConfig {
     }
 }
 
+/// `url` with any credentials in it (`scheme://user:password@host/…`) replaced by
+/// `<redacted>`, for messages and logs. Anything without `://` and `@` in its authority is
+/// returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some(at) = url.find("://") else { return url.to_string() };
+    let rest = &url[at + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(i) => format!("{}<redacted>@{}", &url[..at + 3], &rest[i + 1..]),
+        None => url.to_string(),
+    }
+}
+
 impl fmt::Debug for ObjectConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObjectConfig")
-            .field("url", &self.url)
-            .field("endpoint", &self.endpoint)
+            .field("url", &redact_url(&self.url))
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
             .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<redacted>"))
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
             .field("allow_http", &self.allow_http)
             .field("segment_bytes", &self.segment_bytes)
@@ -356,7 +369,7 @@ pub fn parse_store(cfg: &ObjectConfig) -> Result<(Arc<dyn ObjectStore>, ObjPath)
         if cfg.allow_http || http {
             b = b.with_allow_http(true);
         }
-        let s3 = b.build().map_err(|source| ObjectError::Connect { url: url.to_string(), source })?;
+        let s3 = b.build().map_err(|source| ObjectError::Connect { url: redact_url(url), source })?;
         return Ok((Arc::new(s3), prefix));
     }
     let dir = if let Some(p) = url.strip_prefix("file://") {
@@ -371,7 +384,7 @@ pub fn parse_store(cfg: &ObjectConfig) -> Result<(Arc<dyn ObjectStore>, ObjPath)
     };
     std::fs::create_dir_all(&dir).map_err(|source| ObjectError::CreateDir { dir: dir.clone(), source })?;
     let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-        .map_err(|source| ObjectError::Connect { url: url.to_string(), source })?;
+        .map_err(|source| ObjectError::Connect { url: redact_url(url), source })?;
     Ok((Arc::new(local), ObjPath::default()))
 }
 

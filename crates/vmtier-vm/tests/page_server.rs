@@ -575,3 +575,64 @@ fn a_tiers_vmm_refused_by_the_server_gets_its_reason_at_connect() {
     let r = &server.wait_finished(1, Duration::from_secs(10)).unwrap()[0];
     assert!(matches!(r.end, ConnEnd::Failed(_)), "{:?}", r.end);
 }
+
+const CHILD_OTHER_USER: &str = "VMTIER_TEST_CHILD_OTHER_USER";
+
+/// Child of `a_peer_of_another_user_is_refused`: connects (as `nobody`) and reports whether the
+/// server closed the connection without a word.
+#[test]
+fn child_other_user() {
+    let Some(path) = std::env::var_os(CHILD_OTHER_USER) else { return };
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 16];
+    let n = s.read(&mut b).unwrap_or(usize::MAX);
+    println!("read {n}");
+}
+
+/// A peer running as another user is refused by its credentials (SO_PEERCRED), even where the
+/// socket's mode would let it connect. Needs root (to run the peer as `nobody`).
+#[test]
+fn a_peer_of_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to run a peer as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("s.sock");
+    let server = PageServer::start(ServerConfig::new(&sock)).unwrap();
+    // Open the socket up (as a careless mount or umask might): the credential check still holds.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args(["--exact", "child_other_user", "--nocapture", "--test-threads=1"])
+        .env(CHILD_OTHER_USER, &sock)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run the peer as nobody");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if text.contains("Permission denied") && !text.contains("read ") {
+        eprintln!("SKIPPED: nobody cannot run the test binary here: {text}");
+        return;
+    }
+    assert!(text.contains("read 0"), "the other user's connection was not closed at once:\n{text}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().refused == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = server.stats();
+    assert_eq!((stats.refused, stats.accepted), (1, 0), "{stats:?}");
+    // The server's own user is still served (connects, is accepted).
+    let _own = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().accepted == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.stats().accepted, 1);
+}

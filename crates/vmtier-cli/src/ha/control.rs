@@ -14,8 +14,9 @@ use crate::run_config::RunConfig;
 /// `vmtier failover`: asks the secondary to take over and waits until it has claimed the log
 /// (which fences the primary), at most `wait`.
 pub fn failover(cfg: &RunConfig, wait: Duration) -> anyhow::Result<()> {
-    let store = Layout::new(cfg).open_store()?;
-    let before = read_heartbeat(&*store).context("reading the primary's heartbeat")?.map(|h| h.epoch);
+    let layout = Layout::new(cfg)?;
+    let store = layout.open_store()?;
+    let before = read_heartbeat(&*store, &layout.key).context("reading the primary's heartbeat")?.map(|h| h.epoch);
     let secondary: Option<Value> =
         store.get(STATUS_KEY).context("reading the secondary's status")?.and_then(|b| serde_json::from_slice(&b).ok());
     let Some(secondary) = secondary else {
@@ -35,7 +36,7 @@ pub fn failover(cfg: &RunConfig, wait: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait;
     loop {
         if store.get(FAILOVER_REQUEST_KEY).context("reading the failover request")?.is_none() {
-            let now = read_heartbeat(&*store).ok().flatten().map(|h| h.epoch);
+            let now = read_heartbeat(&*store, &layout.key).ok().flatten().map(|h| h.epoch);
             println!(
                 "vmtier failover: the secondary claimed the log (epoch {} -> {}); the old primary is fenced",
                 before.map_or("-".into(), |e| e.to_string()),
@@ -57,8 +58,9 @@ pub fn failover(cfg: &RunConfig, wait: Duration) -> anyhow::Result<()> {
 
 /// `vmtier status`: prints (or returns as JSON) the lease, the log head and the secondary's view.
 pub fn status(cfg: &RunConfig, json_out: bool) -> anyhow::Result<()> {
-    let store = Layout::new(cfg).open_store()?;
-    let hb = read_heartbeat(&*store).context("reading the primary's heartbeat")?;
+    let layout = Layout::new(cfg)?;
+    let store = layout.open_store()?;
+    let hb = read_heartbeat(&*store, &layout.key).context("reading the primary's heartbeat")?;
     let secondary: Option<Value> =
         store.get(STATUS_KEY).context("reading the secondary's status")?.and_then(|b| serde_json::from_slice(&b).ok());
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use vmtier_engine::{Inheritance, PAGE_SIZE};
-use vmtier_repl::{Location, LogError, LogReader, LogWriter, ReplicaMap, SharedStore};
+use vmtier_repl::{Location, LogError, LogReader, LogWriter, PageLoc, ReplicaMap, SharedStore};
 use vmtier_uffd::{AlignedBuf, Memfd};
 use vmtier_vm::VcpuState;
 
@@ -76,27 +76,27 @@ impl Warm {
 
     /// The pages the warm set should hold: the hottest of the primary's hot list that are not
     /// zeros, as many as the budget allows, with their current copies.
-    fn wanted(&self, map: &ReplicaMap) -> Vec<(u32, Location, u32)> {
-        map.heat().iter().filter_map(|h| map.get(h.page).map(|(l, c)| (h.page, l, c))).take(self.budget).collect()
+    fn wanted(&self, map: &ReplicaMap) -> Vec<PageLoc> {
+        map.heat().iter().filter_map(|h| map.entry(h.page)).take(self.budget).collect()
     }
 
     /// Brings the warm set closer to [`wanted`](Self::wanted): drops copies that are stale or no
     /// longer wanted, reads up to `max_reads` missing ones (in one batch).
     fn refresh(&mut self, map: &ReplicaMap, shared: &SharedPages, max_reads: usize) -> anyhow::Result<()> {
         let wanted = self.wanted(map);
-        let keep: HashMap<u32, (Location, u32)> = wanted.iter().map(|&(p, l, c)| (p, (l, c))).collect();
+        let keep: HashMap<u32, (Location, u32)> = wanted.iter().map(|e| (e.page, (e.loc, e.crc))).collect();
         let stale: Vec<u32> =
             self.pages.iter().filter(|(p, copy)| keep.get(p) != Some(copy)).map(|(&p, _)| p).collect();
         for p in stale {
             self.drop_page(p)?;
         }
         let room = self.budget.saturating_sub(self.pages.len()).min(max_reads);
-        let missing: Vec<(u32, Location, u32)> =
-            wanted.into_iter().filter(|(p, _, _)| !self.pages.contains_key(p)).take(room).collect();
+        let missing: Vec<PageLoc> =
+            wanted.into_iter().filter(|e| !self.pages.contains_key(&e.page)).take(room).collect();
         let (read, bytes) = fill(&self.memfd, &missing, shared)?;
         self.bytes_read += bytes;
-        for (page, loc, crc) in read {
-            self.pages.insert(page, (loc, crc));
+        for e in read {
+            self.pages.insert(e.page, (e.loc, e.crc));
         }
         Ok(())
     }
@@ -107,23 +107,21 @@ impl Warm {
         if wanted.is_empty() {
             return 1.0;
         }
-        let warm = wanted.iter().filter(|&&(p, l, c)| self.pages.get(&p) == Some(&(l, c))).count();
+        let warm = wanted.iter().filter(|e| self.pages.get(&e.page) == Some(&(e.loc, e.crc))).count();
         warm as f64 / wanted.len() as f64
     }
 }
 
-/// A page and its copy on shared storage: (page, location, crc).
-type PageCopy = (u32, Location, u32);
-
 /// Reads `pages` from shared storage into `memfd` with one batched read, returning those read
 /// and the bytes read. A copy that fails its checksum (the primary has since replaced and
-/// reused it) is skipped: a later record says where the page went.
-fn fill(memfd: &Memfd, pages: &[(u32, Location, u32)], shared: &SharedPages) -> anyhow::Result<(Vec<PageCopy>, u64)> {
-    let reqs: Vec<(Location, u32)> = pages.iter().map(|&(_, l, c)| (l, c)).collect();
-    let mut buf = AlignedBuf::zeroed(reqs.len().max(1) * PAGE_SIZE);
-    let results = shared.read_many(&reqs, &mut buf[..reqs.len() * PAGE_SIZE]);
+/// reused it), or its keyed tag (forged), is skipped: a later record says where the page went,
+/// and a failover reports a page it could not read.
+fn fill(memfd: &Memfd, pages: &[PageLoc], shared: &SharedPages) -> anyhow::Result<(Vec<PageLoc>, u64)> {
+    let mut buf = AlignedBuf::zeroed(pages.len().max(1) * PAGE_SIZE);
+    let results = shared.read_many(pages, &mut buf[..pages.len() * PAGE_SIZE]);
     let mut read = Vec::with_capacity(pages.len());
-    for (i, (&(page, loc, crc), r)) in pages.iter().zip(results).enumerate() {
+    for (i, (&e, r)) in pages.iter().zip(results).enumerate() {
+        let (page, loc) = (e.page, e.loc);
         if let Err(e) = r {
             tracing::debug!(page, ?loc, error = %e, "page read skipped");
             continue;
@@ -131,7 +129,7 @@ fn fill(memfd: &Memfd, pages: &[(u32, Location, u32)], shared: &SharedPages) -> 
         memfd
             .write_at(&buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE], u64::from(page) * PAGE_SIZE as u64)
             .context("filling a warm page")?;
-        read.push((page, loc, crc));
+        read.push(e);
     }
     let bytes = (read.len() * PAGE_SIZE) as u64;
     Ok((read, bytes))
@@ -175,7 +173,7 @@ impl Follower {
     /// Opens the log of `layout`'s shared store, with a warm set of at most `budget` pages.
     pub fn open(layout: &Layout, budget: usize) -> anyhow::Result<Self> {
         let store = layout.open_store()?;
-        let reader = LogReader::open(store.clone()).context("opening the replication log")?;
+        let reader = LogReader::open(store.clone(), &layout.key).context("opening the replication log")?;
         Ok(Self {
             layout: layout.clone(),
             store,
@@ -246,7 +244,7 @@ impl Follower {
                         oldest,
                         "fell behind the log's truncation; starting again from its newest full checkpoint"
                     );
-                    self.reader = LogReader::open(self.store.clone())?;
+                    self.reader = LogReader::open(self.store.clone(), &self.layout.key)?;
                     self.map = ReplicaMap::new();
                     self.reader.poll()?
                 }
@@ -272,7 +270,8 @@ impl Follower {
         holder: &str,
         on_claimed: impl FnOnce(u64) -> anyhow::Result<()>,
     ) -> anyhow::Result<LogWriter> {
-        let writer = LogWriter::claim(self.store.clone(), holder).context("claiming the log for the failover")?;
+        let writer = LogWriter::claim(self.store.clone(), &self.layout.key, holder)
+            .context("claiming the log for the failover")?;
         on_claimed(writer.epoch())?;
         self.apply_new().context("reading the last records")?;
         if !self.map.is_based() || self.map.vcpu().is_empty() {
@@ -302,14 +301,15 @@ impl Follower {
         let mut crcs = Vec::with_capacity(pages as usize);
         for page in 0..pages as u32 {
             let warm = self.warm.as_ref().filter(|w| w.pages.contains_key(&page));
-            let crc = match (warm, map.get(page)) {
+            let crc = match (warm, map.entry(page)) {
                 (Some(w), _) => {
                     w.memfd.read_at(&mut buf, u64::from(page) * PAGE_SIZE as u64).context("reading a warm page")?;
                     crc32c::crc32c(&buf)
                 }
-                (None, None | Some((Location::Zero, _))) => zero,
-                (None, Some((loc, crc))) => {
-                    self.shared.read(loc, crc, &mut buf).with_context(|| format!("reading page {page} at {loc:?}"))?;
+                (None, None) => zero,
+                (None, Some(e)) if e.loc == Location::Zero => zero,
+                (None, Some(e)) => {
+                    self.shared.read(&e, &mut buf).with_context(|| format!("reading page {page} at {:?}", e.loc))?;
                     crc32c::crc32c(&buf)
                 }
             };
@@ -333,22 +333,20 @@ impl Follower {
                 (w.memfd, pages, w.bytes_read)
             }
             other => {
-                let wanted: Vec<(u32, Location, u32)> = match other {
+                let wanted: Vec<PageLoc> = match other {
                     Strategy::Lazy => Vec::new(),
-                    Strategy::Reap(set) => set.iter().filter_map(|&p| map.get(p).map(|(l, c)| (p, l, c))).collect(),
-                    _ => map.iter().collect(),
+                    Strategy::Reap(set) => set.iter().filter_map(|&p| map.entry(p)).collect(),
+                    _ => map.entries().collect(),
                 };
                 let memfd = Memfd::create("vmtier-guest", map.guest_bytes()).context("creating guest memory")?;
                 let (read, bytes) = fill(&memfd, &wanted, &self.shared)?;
                 if read.len() != wanted.len() {
-                    let got: std::collections::HashSet<u32> = read.iter().map(|&(p, _, _)| p).collect();
-                    let (page, loc, crc) = *wanted.iter().find(|(p, _, _)| !got.contains(p)).expect("a missing page");
+                    let got: std::collections::HashSet<u32> = read.iter().map(|e| e.page).collect();
+                    let first = *wanted.iter().find(|e| !got.contains(&e.page)).expect("a missing page");
+                    let (page, loc, crc) = (first.page, first.loc, first.crc);
                     let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
-                    let why = self
-                        .shared
-                        .read(loc, crc, &mut buf)
-                        .err()
-                        .map_or("read fine on retry".into(), |e| e.to_string());
+                    let why =
+                        self.shared.read(&first, &mut buf).err().map_or("read fine on retry".into(), |e| e.to_string());
                     bail!(
                         "{} of {} pages of the claimed checkpoint could not be read from shared storage; \
                          the first, page {page} at {loc:?} (crc {crc:#010x}): {why}",
@@ -356,7 +354,7 @@ impl Follower {
                         wanted.len()
                     );
                 }
-                (memfd, read.into_iter().map(|(p, _, _)| p).collect(), bytes)
+                (memfd, read.into_iter().map(|e| e.page).collect(), bytes)
             }
         };
         let resident_pages = warm.len();

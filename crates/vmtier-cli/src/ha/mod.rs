@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use vmtier_engine::{DeltaPage, EngineConfig, Home, PAGE_SIZE};
-use vmtier_repl::{Location, PageLoc, ReplicaMap, SharedStore};
+use vmtier_repl::{ClusterKey, Location, PageLoc, ReplicaMap, SharedStore};
 use vmtier_storage::SegmentLoc;
-use vmtier_storage::object::{ObjectConfig, ObjectTier};
+use vmtier_storage::object::{ObjectConfig, ObjectTier, redact_url};
 use vmtier_storage::ssd::{SlotId, SsdConfig, SsdStore};
 use vmtier_uffd::AlignedBuf;
 
@@ -41,11 +41,15 @@ pub struct Layout {
     pub tier2_base: PathBuf,
     /// The engine config as written (tier locations are the bases).
     pub engine: EngineConfig,
+    /// The cluster key: every record and stored page on shared storage is checked with it.
+    pub key: ClusterKey,
 }
 
 impl Layout {
-    /// The layout `cfg` describes.
-    pub fn new(cfg: &RunConfig) -> Self {
+    /// The layout `cfg` describes; fails if the cluster key (`replication.key_file`) cannot be
+    /// loaded.
+    pub fn new(cfg: &RunConfig) -> anyhow::Result<Self> {
+        let key = cfg.replication.cluster_key()?;
         let r = &cfg.replication;
         let url = r.shared.clone().unwrap_or_else(|| cfg.data_dir.join("shared").to_string_lossy().into_owned());
         let mut shared = ObjectConfig::new(url);
@@ -54,13 +58,13 @@ impl Layout {
         shared.access_key_id = r.access_key_id.clone();
         shared.secret_access_key = r.secret_access_key.clone();
         shared.allow_http = r.allow_http;
-        Self { shared, tier2_base: cfg.engine.tier2.dir.clone(), engine: cfg.engine.clone() }
+        Ok(Self { shared, tier2_base: cfg.engine.tier2.dir.clone(), engine: cfg.engine.clone(), key })
     }
 
     /// Opens the log and lease store.
     pub fn open_store(&self) -> anyhow::Result<Arc<dyn SharedStore>> {
         vmtier_repl::open_store(&self.shared)
-            .with_context(|| format!("opening the shared log store at {}", self.shared.url))
+            .with_context(|| format!("opening the shared log store at {}", redact_url(&self.shared.url)))
     }
 
     /// Tier-2 directory of the primary of `epoch`.
@@ -84,22 +88,37 @@ impl Layout {
             e.dram = d;
         }
         e.replicate = true;
+        e.page_auth = Some(vmtier_engine::PageAuthHandle(Arc::new(KeyAuth(self.key.clone()))));
         e
+    }
+}
+
+/// The cluster key as the engine's page authenticator: the engine tags every page it writes to
+/// the shared tiers and checks the tag on every read back.
+#[derive(Debug)]
+struct KeyAuth(ClusterKey);
+
+impl vmtier_engine::PageAuth for KeyAuth {
+    fn tag(&self, page: u32, data: &[u8]) -> vmtier_engine::PageTag {
+        self.0.page_tag(page, data)
     }
 }
 
 /// A page's location as the log records it. `inherited` is the replica map the engine's
 /// `Home::Inherited` pages come from (after a failover).
 pub fn page_loc(d: &DeltaPage, epoch: u64, inherited: Option<&ReplicaMap>) -> anyhow::Result<PageLoc> {
-    let (loc, crc) = match d.home {
-        Home::Zero => (Location::Zero, 0),
-        Home::Ssd(slot) => (Location::Ssd { store: epoch, slot: slot.0 }, d.crc),
-        Home::Object(l) => (Location::Object { store: epoch, segment: l.segment, index: l.index }, d.crc),
-        Home::Inherited => inherited
-            .and_then(|m| m.get(d.page))
-            .with_context(|| format!("page {} is inherited but the inherited map has no copy of it", d.page))?,
+    let (loc, crc, tag) = match d.home {
+        Home::Zero => (Location::Zero, 0, [0; 16]),
+        Home::Ssd(slot) => (Location::Ssd { store: epoch, slot: slot.0 }, d.crc, d.tag),
+        Home::Object(l) => (Location::Object { store: epoch, segment: l.segment, index: l.index }, d.crc, d.tag),
+        Home::Inherited => {
+            let e = inherited
+                .and_then(|m| m.entry(d.page))
+                .with_context(|| format!("page {} is inherited but the inherited map has no copy of it", d.page))?;
+            (e.loc, e.crc, e.tag)
+        }
     };
-    Ok(PageLoc { page: d.page, loc, crc })
+    Ok(PageLoc { page: d.page, loc, crc, tag })
 }
 
 /// Reads pages from every epoch's tiers on shared storage, as a secondary (or a new primary
@@ -138,9 +157,33 @@ impl SharedPages {
         Ok(t)
     }
 
-    /// Reads the page at `loc` into `out` (4096 bytes), checked against `crc`. A checksum
-    /// mismatch is an `InvalidData` error.
-    pub fn read(&self, loc: Location, crc: u32, out: &mut [u8]) -> std::io::Result<()> {
+    /// Reads the page `p` names into `out` (4096 bytes), checked against its crc32c and then its
+    /// keyed tag (the cluster key's [`page_tag`](ClusterKey::page_tag)). Either mismatch is an
+    /// `InvalidData` error; a copy that fails its tag is never returned.
+    pub fn read(&self, p: &PageLoc, out: &mut [u8]) -> std::io::Result<()> {
+        self.read_unchecked(p.loc, p.crc, out)?;
+        self.check_tag(p, out)
+    }
+
+    /// Checks `data`, read for `p`, against `p`'s keyed tag.
+    fn check_tag(&self, p: &PageLoc, data: &[u8]) -> std::io::Result<()> {
+        if p.loc == Location::Zero || self.layout.key.verify_page(p.page, data, &p.tag) {
+            return Ok(());
+        }
+        tracing::error!(page = p.page, loc = %p.loc, "a stored page fails authentication: refused");
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "page {} at {}: its crc32c matches but its keyed tag does not: it was not written by a holder of the cluster key ({}), or was replaced; refused",
+                p.page,
+                p.loc,
+                self.layout.key.source()
+            ),
+        ))
+    }
+
+    /// Reads the page at `loc` into `out`, checked against `crc` only.
+    fn read_unchecked(&self, loc: Location, crc: u32, out: &mut [u8]) -> std::io::Result<()> {
         let corrupt = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
         match loc {
             Location::Zero => {
@@ -160,16 +203,17 @@ impl SharedPages {
         }
     }
 
-    /// Reads many pages at once: `reqs[i]` (location, crc) into `out[i * 4096..]`, returning
+    /// Reads many pages at once: `reqs[i]` into `out[i * 4096..]` (each checked as by
+    /// [`read`](Self::read)), returning
     /// each page's outcome. Tier-2 copies are sorted by slot and read in spans of neighbouring
     /// slots (one read per span, gaps of at most [`SPAN_GAP`] slots read and discarded), on
     /// [`READ_THREADS`] threads so that the disk sees several reads at a time; tier-3 and zero
     /// pages go through [`read`](Self::read). A span that fails is retried page by page, so one
     /// bad copy fails only its own page.
-    pub fn read_many(&self, reqs: &[(Location, u32)], out: &mut [u8]) -> Vec<std::io::Result<()>> {
+    pub fn read_many(&self, reqs: &[PageLoc], out: &mut [u8]) -> Vec<std::io::Result<()>> {
         assert_eq!(out.len(), reqs.len() * PAGE_SIZE, "read_many: out must hold one page per request");
         let mut order: Vec<usize> = (0..reqs.len()).collect();
-        let key = |i: &usize| match reqs[*i].0 {
+        let key = |i: &usize| match reqs[*i].loc {
             Location::Ssd { store, slot } => (0, store, slot),
             _ => (1, 0, 0),
         };
@@ -180,7 +224,7 @@ impl SharedPages {
         let mut start = 0;
         for k in 1..=order.len() {
             let joins = k < order.len()
-                && match (reqs[order[k - 1]].0, reqs[order[k]].0) {
+                && match (reqs[order[k - 1]].loc, reqs[order[k]].loc) {
                     (Location::Ssd { store: a, slot: x }, Location::Ssd { store: b, slot: y }) => {
                         a == b
                             && y > x
@@ -225,7 +269,7 @@ impl SharedPages {
     /// pages, pushing each outcome to `results`.
     fn read_span(
         &self,
-        reqs: &[(Location, u32)],
+        reqs: &[PageLoc],
         idx: &[usize],
         pages: &[std::sync::Mutex<&mut [u8]>],
         buf: &mut AlignedBuf,
@@ -233,8 +277,7 @@ impl SharedPages {
     ) {
         let one_by_one = |buf: &mut AlignedBuf, results: &mut Vec<(usize, std::io::Result<()>)>| {
             for &i in idx {
-                let (loc, crc) = reqs[i];
-                let r = self.read(loc, crc, buf);
+                let r = self.read(&reqs[i], buf);
                 if r.is_ok() {
                     pages[i].lock().unwrap_or_else(|p| p.into_inner()).copy_from_slice(buf);
                 }
@@ -242,7 +285,8 @@ impl SharedPages {
             }
         };
         let (Some(&first), Some(&last)) = (idx.first(), idx.last()) else { return };
-        let (Location::Ssd { store, slot: lo }, Location::Ssd { slot: hi, .. }) = (reqs[first].0, reqs[last].0) else {
+        let (Location::Ssd { store, slot: lo }, Location::Ssd { slot: hi, .. }) = (reqs[first].loc, reqs[last].loc)
+        else {
             return one_by_one(buf, results);
         };
         if idx.len() == 1 {
@@ -251,8 +295,8 @@ impl SharedPages {
         let n = (hi - lo + 1) as usize;
         let mut expected = vec![None; n];
         for &i in idx {
-            if let Location::Ssd { slot, .. } = reqs[i].0 {
-                expected[(slot - lo) as usize] = Some(reqs[i].1);
+            if let Location::Ssd { slot, .. } = reqs[i].loc {
+                expected[(slot - lo) as usize] = Some(reqs[i].crc);
             }
         }
         let mut span = AlignedBuf::zeroed(n * PAGE_SIZE);
@@ -261,10 +305,13 @@ impl SharedPages {
             return one_by_one(buf, results);
         }
         for &i in idx {
-            if let Location::Ssd { slot, .. } = reqs[i].0 {
+            if let Location::Ssd { slot, .. } = reqs[i].loc {
                 let at = (slot - lo) as usize * PAGE_SIZE;
-                pages[i].lock().unwrap_or_else(|p| p.into_inner()).copy_from_slice(&span[at..at + PAGE_SIZE]);
-                results.push((i, Ok(())));
+                let r = self.check_tag(&reqs[i], &span[at..at + PAGE_SIZE]);
+                if r.is_ok() {
+                    pages[i].lock().unwrap_or_else(|p| p.into_inner()).copy_from_slice(&span[at..at + PAGE_SIZE]);
+                }
+                results.push((i, r));
             }
         }
     }
@@ -279,8 +326,8 @@ const MAX_SPAN: u32 = 64;
 const READ_THREADS: usize = 4;
 
 /// Slot of the first request of the span starting at `order[start]`.
-fn reqs_first(reqs: &[(Location, u32)], order: &[usize], start: usize) -> u32 {
-    match reqs[order[start]].0 {
+fn reqs_first(reqs: &[PageLoc], order: &[usize], start: usize) -> u32 {
+    match reqs[order[start]].loc {
         Location::Ssd { slot, .. } => slot,
         _ => 0,
     }
@@ -298,8 +345,8 @@ pub struct InheritedMap {
 impl vmtier_engine::InheritedPages for InheritedMap {
     fn read(&self, page: u64, out: &mut [u8]) -> std::io::Result<()> {
         let page = u32::try_from(page).map_err(std::io::Error::other)?;
-        match self.map.get(page) {
-            Some((loc, crc)) => self.pages.read(loc, crc, out),
+        match self.map.entry(page) {
+            Some(e) => self.pages.read(&e, out),
             None => {
                 out.fill(0);
                 Ok(())

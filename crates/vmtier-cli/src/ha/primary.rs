@@ -117,12 +117,12 @@ impl Cadence {
 /// exits. Returns whether the guest verified everything it read.
 pub fn run(cfg: &RunConfig, json_out: bool, check_log: Option<&Path>) -> anyhow::Result<bool> {
     vmtier_vm::kvm_usable().context("replication runs the micro-VM guest, which needs KVM")?;
-    let layout = Layout::new(cfg);
+    let layout = Layout::new(cfg)?;
     let store = layout.open_store()?;
-    let writer = LogWriter::claim(store, &super::holder_name()).context("claiming the replication log")?;
+    let writer = LogWriter::claim(store, &layout.key, &super::holder_name()).context("claiming the replication log")?;
     let epoch = writer.epoch();
     if !json_out {
-        eprintln!("vmtier primary: epoch {epoch}, log at {}", layout.shared.url);
+        eprintln!("vmtier primary: epoch {epoch}, log at {}", vmtier_storage::object::redact_url(&layout.shared.url));
     }
     let engine = Engine::start(layout.engine_for(epoch, None)).context("starting the engine")?;
     let spec = cfg.workload.to_guest_spec()?;
@@ -416,7 +416,7 @@ fn commit_loop(
                 let pl = loc(d)?;
                 let term = if d.home == Home::Zero { 0 } else { page_digest(d.page, pl.crc) };
                 new_digest = new_digest.wrapping_sub(committed.term(d.page)).wrapping_add(term);
-                resolved.push((DeltaPage { crc: pl.crc, ..*d }, pl));
+                resolved.push((DeltaPage { crc: pl.crc, tag: pl.tag, ..*d }, pl));
             }
             let pages = if full {
                 // The whole map: the committed one with this delta applied, zero pages left out.
@@ -619,13 +619,14 @@ fn store_of(loc: Location) -> Option<u64> {
 struct CommittedMap {
     homes: Vec<u64>,
     crcs: Vec<u32>,
+    tags: Vec<vmtier_engine::PageTag>,
     /// Non-zero pages.
     len: usize,
 }
 
 impl CommittedMap {
     fn new(pages: usize) -> Self {
-        Self { homes: vec![0; pages], crcs: vec![0; pages], len: 0 }
+        Self { homes: vec![0; pages], crcs: vec![0; pages], tags: vec![[0; 16]; pages], len: 0 }
     }
 
     fn pages(&self) -> usize {
@@ -638,7 +639,7 @@ impl CommittedMap {
 
     fn get(&self, page: u32) -> DeltaPage {
         let i = page as usize;
-        DeltaPage { page, home: Home::from_word(self.homes[i]), crc: self.crcs[i] }
+        DeltaPage { page, home: Home::from_word(self.homes[i]), crc: self.crcs[i], tag: self.tags[i] }
     }
 
     /// The page's term in the map digest (a zero page has none; a stored page's crc may itself
@@ -654,6 +655,7 @@ impl CommittedMap {
         self.len = self.len + usize::from(w != 0) - usize::from(self.homes[i] != 0);
         self.homes[i] = w;
         self.crcs[i] = d.crc;
+        self.tags[i] = d.tag;
     }
 }
 

@@ -76,7 +76,7 @@ pub struct FailoverReport {
 
 /// `vmtier secondary`. Returns whether the guest, after a failover, verified everything.
 pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
-    let layout = Layout::new(cfg);
+    let layout = Layout::new(cfg)?;
     let budget = (cfg.replication.secondary_dram.unwrap_or(cfg.engine.dram).0 / PAGE_SIZE as u64) as usize;
     let mut follower = Follower::open(&layout, budget)?;
     let store = follower.store().clone();
@@ -84,7 +84,11 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
     let poll = Duration::from_millis(cfg.replication.poll_ms);
     let mut last_status = Instant::now() - Duration::from_secs(10);
     if !args.json {
-        eprintln!("vmtier secondary: following the log at {} with {} warm pages", layout.shared.url, budget);
+        eprintln!(
+            "vmtier secondary: following the log at {} with {} warm pages",
+            vmtier_storage::object::redact_url(&layout.shared.url),
+            budget
+        );
     }
     let reason = loop {
         follower.poll()?;
@@ -95,7 +99,10 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         if store.get(FAILOVER_REQUEST_KEY).context("reading the failover request")?.is_some() {
             break "requested";
         }
-        if !args.manual && follower.map().is_based() && matches!(lease.poll(&*store), Ok(LeaseStatus::Expired { .. })) {
+        if !args.manual
+            && follower.map().is_based()
+            && matches!(lease.poll(&*store, &layout.key), Ok(LeaseStatus::Expired { .. }))
+        {
             break "lease-expired";
         }
         std::thread::sleep(poll);

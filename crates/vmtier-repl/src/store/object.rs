@@ -34,6 +34,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use vmtier_storage::object::redact_url;
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
@@ -93,10 +94,10 @@ impl ObjectStoreShared {
             return Err(StoreError::InsideRuntime);
         }
         let (store, prefix) = vmtier_storage::object::parse_store(cfg)
-            .map_err(|e| StoreError::Open { url: cfg.url.clone(), source: Box::new(e) })?;
+            .map_err(|e| StoreError::Open { url: redact_url(&cfg.url), source: Box::new(e) })?;
         let name = match &cfg.endpoint {
-            Some(e) => format!("{} at {e}", cfg.url),
-            None => cfg.url.clone(),
+            Some(e) => format!("{} at {}", redact_url(&cfg.url), redact_url(e)),
+            None => redact_url(&cfg.url),
         };
         Self::new(store, prefix, exclusive, name)
     }

@@ -219,6 +219,9 @@ pub struct ConnReport {
 pub struct ServerStats {
     /// Connections accepted.
     pub accepted: u64,
+    /// Connections refused before the handshake because the peer runs as another user (not
+    /// the server's own, not root), by its `SO_PEERCRED`.
+    pub refused: u64,
     /// Connections being served now.
     pub active: u64,
     /// Connections that ended.
@@ -234,6 +237,7 @@ pub(crate) struct Shared {
     pub(crate) mem_file: Option<File>,
     pub(crate) stop: AtomicBool,
     accepted: AtomicU64,
+    refused: AtomicU64,
     active: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
@@ -301,6 +305,7 @@ impl PageServer {
             mem_file,
             stop: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             active: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -329,6 +334,7 @@ impl PageServer {
         let l = |c: &AtomicU64| c.load(Ordering::SeqCst);
         ServerStats {
             accepted: l(&s.accepted),
+            refused: l(&s.refused),
             active: l(&s.active),
             finished: l(&s.finished),
             failed: l(&s.failed),
@@ -431,6 +437,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
                 continue;
             }
         };
+        if !peer_allowed(&stream) {
+            shared.refused.fetch_add(1, Ordering::SeqCst);
+            continue; // dropping the stream disconnects it
+        }
         let id = next_id;
         next_id += 1;
         shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -455,6 +465,29 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
     }
     for t in conns {
         let _ = t.join();
+    }
+}
+
+/// Whether the peer of `stream` may be served: it runs as the server's own user or as root
+/// (`SO_PEERCRED`, recorded by the kernel at `connect`). The socket is 0600 already; this also
+/// holds if its mode or directory was opened up. A refused peer is logged.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    let own = sys::euid();
+    match sys::peer_cred(stream) {
+        Ok(c) if c.uid == own || c.uid == 0 => true,
+        Ok(c) => {
+            warn!(
+                peer_uid = c.uid,
+                peer_pid = c.pid,
+                server_uid = own,
+                "refused a connection from another user: only the server's own user and root may connect; disconnected"
+            );
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the connecting peer's credentials (SO_PEERCRED); disconnected");
+            false
+        }
     }
 }
 

@@ -183,16 +183,31 @@ pub(crate) fn listen_private(path: &Path) -> io::Result<UnixListener> {
     Ok(UnixListener::from(fd))
 }
 
-/// The pid of the process at the other end of `stream` when it connected (`SO_PEERCRED`);
-/// `None` if it is not visible in this pid namespace.
-pub(crate) fn peer_pid(stream: &UnixStream) -> Option<i32> {
+/// The credentials (pid, uid, gid) of the process at the other end of `stream` when it
+/// connected (`SO_PEERCRED`).
+pub(crate) fn peer_cred(stream: &UnixStream) -> io::Result<libc::ucred> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a live ucred of `len` bytes that the kernel fills.
     let rc = unsafe {
         libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
     };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
+/// The pid of the process at the other end of `stream` when it connected (`SO_PEERCRED`);
+/// `None` if it is not visible in this pid namespace.
+pub(crate) fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    peer_cred(stream).ok().filter(|c| c.pid > 0).map(|c| c.pid)
+}
+
+/// This process's effective uid.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// A pidfd for `pid` (readable once the process has exited).
