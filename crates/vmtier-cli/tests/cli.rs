@@ -180,7 +180,16 @@ fn bad_input_everywhere_names_the_input_and_what_to_do() {
 
     // Replication commands on a log nobody follows, and inspect of something that is no store.
     let shared = dir.path().join("shared");
-    let f = write("ha.toml", &format!("[replication]\nshared = \"{}\"\n", shared.display()));
+    let f = write("nokey.toml", &format!("[replication]\nshared = \"{}\"\n", shared.display()));
+    let err = fails(&["failover", "--config", &f]);
+    assert!(err.contains("replication.key_file") && err.contains("vmtier keygen"), "{err}");
+    let key = dir.path().join("cluster.key");
+    let out = run(dir.path(), &["keygen", key.to_str().unwrap()]);
+    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let f = write(
+        "ha.toml",
+        &format!("[replication]\nshared = \"{}\"\nkey_file = \"{}\"\n", shared.display(), key.display()),
+    );
     let err = fails(&["failover", "--config", &f]);
     assert!(err.contains("no secondary follows the log") && err.contains("vmtier secondary"), "{err}");
     let err = fails(&["inspect", &junk]);
