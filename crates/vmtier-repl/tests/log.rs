@@ -6,18 +6,18 @@
 mod s3;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use vmtier_repl::log::{HEARTBEAT_KEY, epoch_key, log_key, read_claim};
 use vmtier_repl::record::{self, Heartbeat};
-use vmtier_repl::store::{BackendError, Created, DirStore, MemStore, SharedStore, StoreError};
+use vmtier_repl::store::{Created, DirStore, FaultyStore, MemStore, SharedStore};
 use vmtier_repl::{
     Checkpoint, ExclusiveWrites, Fence, LeaseStatus, LeaseWatch, Location, LogError, LogReader, LogWriter, PageLoc,
     Record, RecordError, ReplicaMap, map_digest, read_heartbeat,
 };
+use vmtier_storage::fault::{FaultKind, FaultPlan, Rule};
 
 use crate::s3::S3Server;
 
@@ -545,76 +545,14 @@ fn lease_watch_sees_the_heartbeat_stop() {
     assert!(store.get(&epoch_key(1)).expect("get").is_some());
 }
 
-/// A store whose operations fail at random, before or after taking effect.
-#[derive(Debug)]
-struct FaultyStore {
-    inner: MemStore,
-    state: AtomicU64,
-    fail_per_mille: u64,
-    faults: AtomicU64,
-}
-
-impl FaultyStore {
-    fn new(seed: u64, fail_per_mille: u64) -> Self {
-        Self { inner: MemStore::new(), state: AtomicU64::new(seed | 1), fail_per_mille, faults: AtomicU64::new(0) }
-    }
-
-    fn roll(&self) -> u64 {
-        // xorshift64*
-        let mut x = self.state.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.state.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d) % 1000
-    }
-
-    /// `Some(after)` if this call fails; `after`: the operation takes effect first.
-    fn fault(&self) -> Option<bool> {
-        let r = self.roll();
-        (r < self.fail_per_mille).then(|| {
-            self.faults.fetch_add(1, Ordering::Relaxed);
-            r.is_multiple_of(2)
-        })
-    }
-
-    fn err(&self, key: &str) -> StoreError {
-        let source = BackendError::Io(std::io::Error::other("injected fault"));
-        StoreError::Put { store: self.describe(), key: key.to_string(), source }
-    }
-}
-
-impl SharedStore for FaultyStore {
-    fn put_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Created, StoreError> {
-        match self.fault() {
-            None => self.inner.put_exclusive(key, bytes),
-            Some(true) => self.inner.put_exclusive(key, bytes).and(Err(self.err(key))),
-            Some(false) => Err(self.err(key)),
-        }
-    }
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        match self.fault() {
-            None => self.inner.put(key, bytes),
-            Some(true) => self.inner.put(key, bytes).and(Err(self.err(key))),
-            Some(false) => Err(self.err(key)),
-        }
-    }
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.fault().is_some() { Err(self.err(key)) } else { self.inner.get(key) }
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        if self.fault().is_some() { Err(self.err(prefix)) } else { self.inner.list(prefix) }
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self.fault() {
-            None => self.inner.delete(key),
-            Some(true) => self.inner.delete(key).and(Err(self.err(key))),
-            Some(false) => Err(self.err(key)),
-        }
-    }
-    fn describe(&self) -> String {
-        "faulty in-memory store".into()
-    }
+/// A store whose operations fail at random (`per_mille` of them), half before and half after
+/// taking effect: the library's [`FaultyStore`] over a [`MemStore`].
+fn faulty_store(seed: u64, per_mille: u64) -> FaultyStore {
+    let plan = Arc::new(FaultPlan::new());
+    let p = per_mille as f64 / 2000.0;
+    plan.add(Rule::new(FaultKind::Eio).probability(p, seed));
+    plan.add(Rule::new(FaultKind::EioAfter).probability(p, seed.rotate_left(17) ^ 0x5555));
+    FaultyStore::new(Arc::new(MemStore::new()), plan)
 }
 
 fn vmtier_repl_error_chain(e: &dyn std::error::Error) -> String {
@@ -648,7 +586,7 @@ proptest! {
     #[test]
     fn faults_never_break_the_log(seed in any::<u64>(), steps in proptest::collection::vec((0u8..10, 0u32..32, any::<u32>()), 1..60)) {
         // 5% of operations fail (a claim makes ~10-30 of them).
-        let faulty = Arc::new(FaultyStore::new(seed, 50));
+        let faulty = Arc::new(faulty_store(seed, 50));
         let store: Arc<dyn SharedStore> = faulty.clone();
         let mut model = Model::new();
         let mut writers = 0;
@@ -688,8 +626,8 @@ proptest! {
         }
         // Replay without faults.
         let clean: Arc<dyn SharedStore> = Arc::new(MemStore::new());
-        for k in faulty.inner.list("").expect("list") {
-            clean.put(&k, &faulty.inner.get(&k).expect("get").expect("value")).expect("copy");
+        for k in faulty.inner().list("").expect("list") {
+            clean.put(&k, &faulty.inner().get(&k).expect("get").expect("value")).expect("copy");
         }
         check_replica(&clean, &model);
     }
