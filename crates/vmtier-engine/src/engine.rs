@@ -605,6 +605,8 @@ pub struct Snapshot {
     pub corrupt_pages: u64,
     /// Storage errors.
     pub io_errors: u64,
+    /// Evictions that tier 2 refused (a full disk, failing writes) and that went to tier 3.
+    pub tier2_refused: u64,
     /// Tier-2 slots moved by compaction.
     pub compacted_slots: u64,
     /// Tier-3 segments compacted.
@@ -719,6 +721,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         parked: l(&s.parked),
         corrupt_pages: l(&s.corrupt),
         io_errors: l(&s.io_errors),
+        tier2_refused: l(&s.tier2_refused),
         compacted_slots: l(&s.compacted_slots),
         compacted_segments: l(&s.compacted_segments),
         tier2_files: ssd.files as u64,
@@ -776,6 +779,7 @@ pub(crate) fn publish_metrics(p: &Pager) {
         ("vmtier_bytes_read_total", &s.bytes_read),
         ("vmtier_corrupt_pages_total", &s.corrupt),
         ("vmtier_io_errors_total", &s.io_errors),
+        ("vmtier_tier2_refused_total", &s.tier2_refused),
     ] {
         metrics::counter!(name).absolute(l(c));
     }

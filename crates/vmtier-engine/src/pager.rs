@@ -46,6 +46,19 @@ pub(crate) fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
     }
 }
 
+/// Whether `e` is tier 2 refusing to store a page: no slot, or the slot write failed (ENOSPC,
+/// EIO, a torn write). The page is then still resident and unchanged.
+fn tier2_refused(e: &EngineError) -> bool {
+    use vmtier_storage::ssd::SsdError;
+    matches!(
+        e,
+        EngineError::Tier2 {
+            source: SsdError::Write { .. } | SsdError::CreateFile { .. } | SsdError::AllocExhausted { .. },
+            ..
+        }
+    )
+}
+
 /// How far direct reclaim may go beyond the MTM's list of coldest pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Clock {
@@ -525,7 +538,7 @@ impl Pager {
             }
             batch.push(page);
         }
-        match self.move_batch(&batch, Tier::Ssd) {
+        match self.evict_batch(&batch) {
             Ok(moved) => moved > 0,
             Err(e) => {
                 bump(&self.stats.io_errors);
@@ -549,7 +562,7 @@ impl Pager {
             if batch.is_empty() {
                 break;
             }
-            match self.move_batch(&batch, Tier::Ssd) {
+            match self.evict_batch(&batch) {
                 Ok(n) if n > 0 => {
                     add(&self.stats.direct_reclaims, n as u64 - 1);
                     return true;
@@ -607,11 +620,49 @@ impl Pager {
         }
         match self.evict(page, &g, buf, false) {
             Ok(()) => true,
+            Err(e) if tier2_refused(&e) => {
+                // The page is unchanged and still resident: store it in tier 3 instead.
+                drop(g);
+                self.note_tier2_refused(&e);
+                match self.move_batch(&[page], Tier::Object) {
+                    Ok(n) => n > 0,
+                    Err(e) => {
+                        bump(&self.stats.io_errors);
+                        error!(page, error = %crate::error::chain(&e), "eviction to tier 3 failed too; the page stays in DRAM");
+                        false
+                    }
+                }
+            }
             Err(e) => {
                 bump(&self.stats.io_errors);
                 error!(page, error = %crate::error::chain(&e), "eviction failed; the page stays in DRAM");
                 false
             }
+        }
+    }
+
+    /// Evicts `pages` to tier 2, or to tier 3 if tier 2 refuses the write (full, or failing):
+    /// a full tier 2 stops demotions to it, not the guest.
+    fn evict_batch(&self, pages: &[usize]) -> Result<usize, EngineError> {
+        match self.move_batch(pages, Tier::Ssd) {
+            Err(e) if tier2_refused(&e) => {
+                self.note_tier2_refused(&e);
+                self.move_batch(pages, Tier::Object)
+            }
+            r => r,
+        }
+    }
+
+    /// Counts an eviction tier 2 refused; logs the first and then every 1024th.
+    fn note_tier2_refused(&self, e: &EngineError) {
+        let n = self.stats.tier2_refused.fetch_add(1, Ordering::Relaxed);
+        bump(&self.stats.io_errors);
+        if n.is_multiple_of(1024) {
+            warn!(
+                refused = n + 1,
+                error = %crate::error::chain(e),
+                "tier 2 refused an eviction (full disk or failing writes?); evicting to tier 3 instead"
+            );
         }
     }
 

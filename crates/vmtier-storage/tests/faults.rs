@@ -202,7 +202,7 @@ impl SmallFs {
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 

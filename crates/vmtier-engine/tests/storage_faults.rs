@@ -1,0 +1,260 @@
+//! The engine over faulty storage (faults injected under the real tier code with
+//! `Engine::start_with_io`): a demotion that cannot be written leaves the page in DRAM, a read
+//! that fails is an error or a retry, a flipped bit is caught and never served, and a full
+//! tier 2 stops demotions to it without losing a page or hanging the guest.
+//!
+//! After every fault the guest's view of each page is checked word by word.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmtier_engine::page_table::POISONED;
+use vmtier_engine::{Engine, EngineConfig, StorageIo, Tier};
+use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule};
+use vmtier_storage::ssd::FaultyIo;
+
+use common::{check_page, config, page_bytes, read_host, with_deadline, write_page};
+
+const PAGES: u64 = 128;
+const DRAM_PAGES: u64 = 64;
+
+struct Faulty {
+    engine: Engine,
+    tier2: Arc<FaultPlan>,
+    tier3: Arc<FaultPlan>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_with(cfg: EngineConfig, dir: tempfile::TempDir) -> Faulty {
+    let tier2 = Arc::new(FaultPlan::new());
+    let tier3 = Arc::new(FaultPlan::new());
+    let io = StorageIo { tier2: Some(Arc::new(FaultyIo::new(Arc::clone(&tier2)))), tier3: Some(Arc::clone(&tier3)) };
+    let engine = Engine::start_with_io(cfg, io).expect("start engine");
+    Faulty { engine, tier2, tier3, _dir: dir }
+}
+
+fn start() -> Faulty {
+    let (cfg, dir) = config(PAGES, DRAM_PAGES);
+    start_with(cfg, dir)
+}
+
+fn tier(e: &Engine, page: usize) -> u8 {
+    e.page(page).expect("page").tier()
+}
+
+/// `move_page`, retried while the page is busy for a moment (a fault handler still holds it).
+fn move_to(e: &Engine, page: usize, to: Tier) -> Result<bool, vmtier_engine::EngineError> {
+    for _ in 0..10_000 {
+        match e.move_page(page, to) {
+            Ok(false) | Err(vmtier_engine::EngineError::Busy { .. }) => std::thread::sleep(Duration::from_millis(1)),
+            r => return r,
+        }
+    }
+    panic!("page {page} stayed busy");
+}
+
+fn poisoned(e: &Engine, page: usize) -> bool {
+    e.page(page).expect("page").word & POISONED != 0
+}
+
+#[test]
+fn a_demotion_that_cannot_be_written_leaves_the_page_in_dram() {
+    let f = start();
+    let e = &f.engine;
+    let mem = e.guest_words();
+    for p in 0..8 {
+        write_page(mem, p, p as u64 + 1);
+    }
+    let failing = [FaultKind::Eio, FaultKind::Enospc, FaultKind::ShortWrite];
+    for (i, kind) in failing.into_iter().enumerate() {
+        let p = i;
+        f.tier2.add(Rule::new(kind).on(Op::Write).nth(1));
+        let err = move_to(e, p, Tier::Ssd).expect_err("tier-2 write fails");
+        assert!(!err.is_corruption(), "{kind:?}: {err}");
+        assert!(vmtier_engine::chain(&err).contains("cannot write slot"), "{kind:?}: {}", vmtier_engine::chain(&err));
+        assert_eq!(tier(e, p), 1, "{kind:?}: page {p} stays in DRAM");
+        assert_eq!(read_host(e, p).expect("host read"), page_bytes(p, p as u64 + 1));
+        check_page(mem, p, p as u64 + 1);
+        // Still writable: the guest's next write is not lost.
+        write_page(mem, p, p as u64 + 100);
+        check_page(mem, p, p as u64 + 100);
+        // With the device healthy again the same demotion works, and the content survives.
+        assert!(e.move_page(p, Tier::Ssd).expect("demotion after the fault"));
+        assert_eq!(tier(e, p), 2);
+        check_page(mem, p, p as u64 + 100);
+    }
+    // Tier 3: a failed PUT, a lost PUT response.
+    for (i, kind) in [FaultKind::Eio, FaultKind::EioAfter].into_iter().enumerate() {
+        let p = 4 + i;
+        f.tier3.add(Rule::new(kind).on(Op::Write).nth(1));
+        let err = move_to(e, p, Tier::Object).expect_err("tier-3 PUT fails");
+        assert!(!err.is_corruption(), "{err}");
+        assert_eq!(tier(e, p), 1, "{kind:?}: page {p} stays in DRAM");
+        check_page(mem, p, p as u64 + 1);
+        assert!(e.move_page(p, Tier::Object).expect("demotion after the fault"));
+        assert_eq!(tier(e, p), 3);
+        check_page(mem, p, p as u64 + 1);
+    }
+    assert_eq!(e.snapshot().corrupt_pages, 0);
+}
+
+#[test]
+fn a_failed_read_is_an_error_or_a_retry_never_wrong_bytes() {
+    let f = start();
+    let e = &f.engine;
+    let mem = e.guest_words();
+    for p in 0..6 {
+        write_page(mem, p, p as u64 + 1);
+        let to = if p < 3 { Tier::Ssd } else { Tier::Object };
+        assert!(move_to(e, p, to).expect("move"));
+    }
+    // Host reads and promotions: an I/O error, not corruption; the page is not poisoned.
+    f.tier2.add(Rule::new(FaultKind::Eio).on(Op::Read).times(2));
+    f.tier3.add(Rule::new(FaultKind::Eio).on(Op::Read).times(2));
+    for p in [0, 3] {
+        let err = read_host(e, p).expect_err("read fails");
+        assert!(!err.is_corruption(), "{err}");
+        let err = e.move_page(p, Tier::Dram).expect_err("promotion fails");
+        assert!(!err.is_corruption(), "{err}");
+        assert!(!poisoned(e, p));
+        assert_eq!(tier(e, p), if p < 3 { 2 } else { 3 });
+        assert_eq!(read_host(e, p).expect("retry"), page_bytes(p, p as u64 + 1));
+    }
+    assert_eq!(e.snapshot().resident_bytes, 0, "failed promotions return their frames");
+    // Guest faults: the handler retries a failed read until it succeeds.
+    f.tier2.add(Rule::new(FaultKind::Eio).on(Op::Read).times(5));
+    f.tier3.add(Rule::new(FaultKind::Eio).on(Op::Read).times(5));
+    for p in [1, 4] {
+        check_page(mem, p, p as u64 + 1);
+    }
+    assert!(f.tier2.injected() >= 7 && f.tier3.injected() >= 7, "faults were injected");
+    assert!(e.snapshot().io_errors > 0, "the fault handler counted its failed reads");
+    // Latency spikes on reads: slow, right.
+    f.tier2.add(Rule::new(FaultKind::Delay(Duration::from_millis(100))).on(Op::Read));
+    f.tier3.add(Rule::new(FaultKind::Delay(Duration::from_millis(100))).on(Op::Read));
+    for p in [2, 5] {
+        check_page(mem, p, p as u64 + 1);
+    }
+    assert_eq!(e.snapshot().corrupt_pages, 0);
+}
+
+#[test]
+fn a_flipped_bit_is_caught_and_never_served() {
+    let f = start();
+    let e = &f.engine;
+    let mem = e.guest_words();
+    for p in 0..8 {
+        write_page(mem, p, p as u64 + 1);
+    }
+    // Damaged on the way to tier 2 (the write reports success).
+    f.tier2.add(Rule::new(FaultKind::FlipBit).on(Op::Write).nth(1));
+    assert!(move_to(e, 1, Tier::Ssd).expect("move"));
+    assert!(e.move_page(2, Tier::Ssd).expect("move"));
+    let got = read_host(e, 1);
+    assert!(got.as_ref().is_err_and(|err| err.is_corruption()), "{:?}", got.map(|_| "bytes"));
+    let err = e.move_page(1, Tier::Dram).expect_err("promotion of a damaged copy");
+    assert!(err.is_corruption(), "{err}");
+    assert!(poisoned(e, 1), "page 1 poisoned, never mapped");
+    check_page(mem, 2, 3);
+    // Damaged on the way to tier 3, anywhere in the segment object (header, index, page or
+    // padding): each read is the right page or refused.
+    for seed in 0..4u64 {
+        let p = 8 + seed as usize;
+        write_page(mem, p, 50 + seed);
+        f.tier3.add(Rule::new(FaultKind::FlipBit).on(Op::Write).probability(1.0, seed + 1).times(1));
+        assert!(move_to(e, p, Tier::Object).expect("move"));
+        match read_host(e, p) {
+            Ok(bytes) => assert_eq!(bytes, page_bytes(p, 50 + seed), "page {p}"),
+            Err(err) => assert!(err.is_corruption(), "{err}"),
+        }
+    }
+    // Damaged on the tier-3 response: refused, counted, the page poisoned, never mapped.
+    assert!(e.move_page(5, Tier::Object).expect("move"));
+    f.tier3.add(Rule::new(FaultKind::FlipBit).on(Op::Read).nth(1));
+    let corrupt = e.snapshot().corrupt_pages;
+    let err = e.move_page(5, Tier::Dram).expect_err("flipped GET");
+    assert!(err.is_corruption(), "{err}");
+    assert!(poisoned(e, 5));
+    assert_eq!(e.snapshot().corrupt_pages, corrupt + 1);
+    // Damaged on the way back (a transient read error): that read is refused; the stored copy
+    // is fine and a later promotion brings the right bytes.
+    assert!(e.move_page(3, Tier::Ssd).expect("move"));
+    f.tier2.add(Rule::new(FaultKind::FlipBit).on(Op::Read).nth(1));
+    assert!(read_host(e, 3).expect_err("flipped read").is_corruption());
+    assert_eq!(read_host(e, 3).expect("clean read"), page_bytes(3, 4));
+}
+
+/// Tier 2 refuses every write with ENOSPC: the guest touches twice its DRAM budget, and the
+/// engine keeps serving it (evictions go to tier 3) without losing a page.
+#[test]
+fn a_full_tier2_stops_demotions_to_it_and_nothing_is_lost() {
+    let (cfg, dir) = config(2 * DRAM_PAGES, DRAM_PAGES);
+    let f = start_with(cfg, dir);
+    f.tier2.add(Rule::new(FaultKind::Enospc).on(Op::Write));
+    let engine = Arc::new(f.engine);
+    let e = Arc::clone(&engine);
+    with_deadline("guest over a full tier 2", Duration::from_secs(60), move || {
+        let mem = e.guest_words();
+        for p in 0..2 * DRAM_PAGES as usize {
+            write_page(mem, p, p as u64 + 7);
+        }
+        for p in 0..2 * DRAM_PAGES as usize {
+            check_page(mem, p, p as u64 + 7);
+        }
+    });
+    let s = engine.snapshot();
+    assert_eq!(s.pages_in_tier.get("2").copied().unwrap_or(0), 0, "{:?}", s.pages_in_tier);
+    assert!(s.pages_in_tier.get("3").copied().unwrap_or(0) > 0, "{:?}", s.pages_in_tier);
+    assert!(s.resident_bytes <= DRAM_PAGES * 4096);
+    assert_eq!(s.corrupt_pages, 0);
+    assert!(s.tier2_refused > 0, "evictions went to tier 3 because tier 2 refused them");
+}
+
+/// The same on a really full file system: tier 2 on a 128 KiB tmpfs (32 pages) under a guest
+/// that touches four times its DRAM. Tier 2 fills, later evictions go to tier 3, every page reads
+/// back right.
+#[test]
+fn a_really_full_tier2_file_system_stops_demotions_cleanly() {
+    let mount = tempfile::tempdir().expect("tempdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_really_full_tier2_file_system_stops_demotions_cleanly: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path().to_path_buf());
+    let pages = 4 * DRAM_PAGES as usize;
+    let (mut cfg, dir) = config(pages as u64, DRAM_PAGES);
+    cfg.tier2.dir = mount.path().join("tier2");
+    cfg.tier2.slots_per_file = 16;
+    let engine = Arc::new(Engine::start(cfg).expect("start engine with tier 2 on tmpfs"));
+    let e = Arc::clone(&engine);
+    with_deadline("guest over a full tier-2 file system", Duration::from_secs(60), move || {
+        let mem = e.guest_words();
+        for p in 0..pages {
+            write_page(mem, p, p as u64 + 11);
+        }
+        for p in 0..pages {
+            check_page(mem, p, p as u64 + 11);
+        }
+    });
+    let s = engine.snapshot();
+    let in_tier = |t: &str| s.pages_in_tier.get(t).copied().unwrap_or(0);
+    assert!(in_tier("2") > 0 && in_tier("2") <= 32, "{:?}", s.pages_in_tier);
+    assert!(in_tier("3") > 0, "{:?}", s.pages_in_tier);
+    assert!(s.tier2_refused > 0);
+    assert_eq!(s.corrupt_pages, 0);
+    drop(engine);
+    drop(dir);
+}
