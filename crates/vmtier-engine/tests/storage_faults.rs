@@ -258,3 +258,48 @@ fn a_really_full_tier2_file_system_stops_demotions_cleanly() {
     drop(engine);
     drop(dir);
 }
+
+/// Tier 3 on the real S3 server, stopped under a running guest and restarted a second later:
+/// demotions to tier 3 in the meantime fail and leave their pages in DRAM, guest faults on
+/// tier-3 pages wait (the client and the fault handler retry), and every page reads back right.
+#[test]
+fn s3_server_restart_under_a_running_guest() {
+    let Some(mut server) = common::s3::S3Server::start_or_skip("s3_server_restart_under_a_running_guest") else {
+        return;
+    };
+    let (mut cfg, dir) = config(PAGES, DRAM_PAGES);
+    common::configure_tier3(&mut cfg, &server, "engine-restart");
+    let engine = Arc::new(Engine::start(cfg).expect("start engine"));
+    let _dir = dir;
+    let mem = engine.guest_words();
+    for p in 0..16 {
+        write_page(mem, p, p as u64 + 3);
+    }
+    for p in 0..8 {
+        assert!(move_to(&engine, p, Tier::Object).expect("move to tier 3"));
+    }
+    server.stop();
+    // A demotion while the server is down: an error after the client's retries; the page stays.
+    let err = move_to(&engine, 8, Tier::Object).expect_err("S3 down");
+    assert!(!err.is_corruption(), "{err}");
+    assert_eq!(tier(&engine, 8), 1);
+    check_page(mem, 8, 11);
+    // Guest reads of tier-3 pages while the server is down, restarted a second later.
+    let e = Arc::clone(&engine);
+    let guest = std::thread::spawn(move || {
+        let mem = e.guest_words();
+        for p in 0..8 {
+            check_page(mem, p, p as u64 + 3);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    with_deadline("guest reads across the restart", Duration::from_secs(120), move || guest.join())
+        .expect("guest thread");
+    assert!(move_to(&engine, 8, Tier::Object).expect("demotion after the restart"));
+    check_page(mem, 8, 11);
+    for p in 0..16 {
+        assert_eq!(read_host(&engine, p).expect("host read"), page_bytes(p, p as u64 + 3));
+    }
+    assert_eq!(engine.snapshot().corrupt_pages, 0);
+}
