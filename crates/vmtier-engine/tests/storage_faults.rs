@@ -303,3 +303,35 @@ fn s3_server_restart_under_a_running_guest() {
     }
     assert_eq!(engine.snapshot().corrupt_pages, 0);
 }
+
+/// Under replication, `fdatasync` of tier 2 failing makes `persist` fail: the checkpoint is
+/// aborted (never committed), the guest's pages are intact, and the next checkpoint succeeds.
+#[test]
+fn a_failed_tier2_sync_aborts_the_checkpoint() {
+    let (mut cfg, dir) = config(PAGES, DRAM_PAGES);
+    cfg.replicate = true;
+    let f = start_with(cfg, dir);
+    let e = &f.engine;
+    let mem = e.guest_words();
+    for p in 0..16 {
+        write_page(mem, p, p as u64 + 1);
+    }
+    let cap = e.capture().expect("capture");
+    e.persist(cap).expect("persist");
+    e.finish_checkpoint(true).expect("commit");
+    for p in 0..4 {
+        write_page(mem, p, p as u64 + 40);
+    }
+    f.tier2.add(Rule::new(FaultKind::Eio).on(Op::Sync).nth(1));
+    let cap = e.capture().expect("capture");
+    let err = e.persist(cap).expect_err("persist must fail when tier 2 cannot sync");
+    assert!(vmtier_engine::chain(&err).contains("cannot sync slot file"), "{}", vmtier_engine::chain(&err));
+    e.finish_checkpoint(false).expect("abort");
+    for p in 0..16 {
+        check_page(mem, p, if p < 4 { p as u64 + 40 } else { p as u64 + 1 });
+    }
+    let cap = e.capture().expect("capture after the abort");
+    let delta = e.persist(cap).expect("persist");
+    assert!(delta.iter().any(|d| d.page < 4), "the next checkpoint carries the pages the aborted one had");
+    e.finish_checkpoint(true).expect("commit");
+}
