@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tracing::{error, trace, warn};
-use vmtier_storage::object::{ObjectTier, SegmentLoc};
-use vmtier_storage::ssd::{SlotId, SsdStore};
+use vmtier_storage::object::{ObjectError, ObjectTier, SegmentLoc};
+use vmtier_storage::ssd::{SlotId, SsdError, SsdStore};
 use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 
 use crate::dram::DramBudget;
@@ -48,8 +48,7 @@ pub(crate) fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
 
 /// Whether `e` is tier 2 refusing to store a page: no slot, or the slot write failed (ENOSPC,
 /// EIO, a torn write). The page is then still resident and unchanged.
-fn tier2_refused(e: &EngineError) -> bool {
-    use vmtier_storage::ssd::SsdError;
+pub(crate) fn tier2_refused(e: &EngineError) -> bool {
     matches!(
         e,
         EngineError::Tier2 {
@@ -223,13 +222,30 @@ impl Pager {
                 buf.fill(0);
                 Ok(())
             }
+            // A copy that fails its checksum is read once more before it is declared corrupt: a
+            // bit flipped on the way (a flaky link, a bad transfer) must not cost the page. Damage
+            // at rest fails both reads.
             Home::Ssd(slot) => {
-                self.ssd.read(slot, v.crc, buf).map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
+                let read = match self.ssd.read(slot, v.crc, buf) {
+                    Err(e @ SsdError::Corrupt { .. }) => {
+                        warn!(page, error = %crate::error::chain(&e), "tier-2 copy failed its checksum; reading it again");
+                        self.ssd.read(slot, v.crc, buf)
+                    }
+                    r => r,
+                };
+                read.map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
                 add(&self.stats.bytes_read, PAGE_SIZE as u64);
                 Ok(())
             }
             Home::Object(loc) => {
-                self.object.read(loc, v.crc, buf).map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
+                let read = match self.object.read(loc, v.crc, buf) {
+                    Err(e @ ObjectError::Corrupt { .. }) => {
+                        warn!(page, error = %crate::error::chain(&e), "tier-3 copy failed its checksum; reading it again");
+                        self.object.read(loc, v.crc, buf)
+                    }
+                    r => r,
+                };
+                read.map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
                 add(&self.stats.bytes_read, PAGE_SIZE as u64);
                 Ok(())
             }
@@ -643,7 +659,7 @@ impl Pager {
 
     /// Evicts `pages` to tier 2, or to tier 3 if tier 2 refuses the write (full, or failing):
     /// a full tier 2 stops demotions to it, not the guest.
-    fn evict_batch(&self, pages: &[usize]) -> Result<usize, EngineError> {
+    pub(crate) fn evict_batch(&self, pages: &[usize]) -> Result<usize, EngineError> {
         match self.move_batch(pages, Tier::Ssd) {
             Err(e) if tier2_refused(&e) => {
                 self.note_tier2_refused(&e);
@@ -653,15 +669,15 @@ impl Pager {
         }
     }
 
-    /// Counts an eviction tier 2 refused; logs the first and then every 1024th.
-    fn note_tier2_refused(&self, e: &EngineError) {
+    /// Counts a write tier 2 refused; logs the first and then every 1024th.
+    pub(crate) fn note_tier2_refused(&self, e: &EngineError) {
         let n = self.stats.tier2_refused.fetch_add(1, Ordering::Relaxed);
         bump(&self.stats.io_errors);
         if n.is_multiple_of(1024) {
             warn!(
                 refused = n + 1,
                 error = %crate::error::chain(e),
-                "tier 2 refused an eviction (full disk or failing writes?); evicting to tier 3 instead"
+                "tier 2 refused a write (full disk or failing writes?); evictions go to tier 3 instead, moves up to tier 2 wait"
             );
         }
     }

@@ -170,19 +170,30 @@ fn a_flipped_bit_is_caught_and_never_served() {
             Err(err) => assert!(err.is_corruption(), "{err}"),
         }
     }
-    // Damaged on the tier-3 response: refused, counted, the page poisoned, never mapped.
-    assert!(e.move_page(5, Tier::Object).expect("move"));
+    // Damaged on the way back, once (a flaky transfer): the engine reads the copy again and
+    // serves the right bytes; nothing is poisoned.
+    assert!(e.move_page(3, Tier::Ssd).expect("move"));
+    assert!(move_to(e, 5, Tier::Object).expect("move"));
+    f.tier2.add(Rule::new(FaultKind::FlipBit).on(Op::Read).nth(1));
     f.tier3.add(Rule::new(FaultKind::FlipBit).on(Op::Read).nth(1));
+    assert_eq!(read_host(e, 3).expect("re-read after a transient flip"), page_bytes(3, 4));
+    assert!(e.move_page(5, Tier::Dram).expect("promotion after a transient flip"));
+    check_page(mem, 5, 6);
+    assert!(!poisoned(e, 3) && !poisoned(e, 5));
+    assert_eq!(f.tier2.injected(), 2, "the tier-2 read was flipped");
+    assert_eq!(f.tier3.injected(), 5, "the tier-3 GET was flipped");
+    // Damaged on every read (a device that corrupts what it returns): refused, counted, the page
+    // poisoned, never mapped.
+    assert!(move_to(e, 5, Tier::Object).expect("move"));
+    f.tier3.add(Rule::new(FaultKind::FlipBit).on(Op::Read));
     let corrupt = e.snapshot().corrupt_pages;
-    let err = e.move_page(5, Tier::Dram).expect_err("flipped GET");
+    let err = e.move_page(5, Tier::Dram).expect_err("every GET flipped");
     assert!(err.is_corruption(), "{err}");
     assert!(poisoned(e, 5));
     assert_eq!(e.snapshot().corrupt_pages, corrupt + 1);
-    // Damaged on the way back (a transient read error): that read is refused; the stored copy
-    // is fine and a later promotion brings the right bytes.
-    assert!(e.move_page(3, Tier::Ssd).expect("move"));
-    f.tier2.add(Rule::new(FaultKind::FlipBit).on(Op::Read).nth(1));
-    assert!(read_host(e, 3).expect_err("flipped read").is_corruption());
+    f.tier2.add(Rule::new(FaultKind::FlipBit).on(Op::Read));
+    assert!(read_host(e, 3).expect_err("every read flipped").is_corruption());
+    f.tier2.clear();
     assert_eq!(read_host(e, 3).expect("clean read"), page_bytes(3, 4));
 }
 
@@ -210,6 +221,38 @@ fn a_full_tier2_stops_demotions_to_it_and_nothing_is_lost() {
     assert!(s.resident_bytes <= DRAM_PAGES * 4096);
     assert_eq!(s.corrupt_pages, 0);
     assert!(s.tier2_refused > 0, "evictions went to tier 3 because tier 2 refused them");
+}
+
+/// The same with the MTM and the background reclaimer running (policy demotions to tier 2 and
+/// moves up to it are refused too): the guest runs, nothing is lost, the refusals are counted.
+#[test]
+fn a_full_tier2_under_the_mtm() {
+    let (mut cfg, dir) = config(4 * DRAM_PAGES, DRAM_PAGES);
+    cfg.mtm.enabled = true;
+    cfg.mtm.headroom_pages = 8;
+    cfg.mtm.tick_ms = 10;
+    cfg.mtm.cold_after_ms = 50;
+    let f = start_with(cfg, dir);
+    f.tier2.add(Rule::new(FaultKind::Enospc).on(Op::Write));
+    let engine = Arc::new(f.engine);
+    let e = Arc::clone(&engine);
+    with_deadline("guest under the MTM over a full tier 2", Duration::from_secs(60), move || {
+        let mem = e.guest_words();
+        for round in 0..3u64 {
+            for p in 0..4 * DRAM_PAGES as usize {
+                write_page(mem, p, p as u64 + round);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            for p in 0..4 * DRAM_PAGES as usize {
+                check_page(mem, p, p as u64 + round);
+            }
+        }
+    });
+    let s = engine.snapshot();
+    assert_eq!(s.pages_in_tier.get("2").copied().unwrap_or(0), 0, "{:?}", s.pages_in_tier);
+    assert!(s.tier2_refused > 0);
+    assert_eq!(s.corrupt_pages, 0);
+    assert!(s.peak_resident_bytes <= DRAM_PAGES * 4096);
 }
 
 /// The same on a really full file system: tier 2 on a 128 KiB tmpfs (32 pages) under a guest
