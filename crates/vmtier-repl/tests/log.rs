@@ -1004,3 +1004,30 @@ fn s3_server_restart_mid_run() {
     w.commit(&ckpt(&mut model, &[ssd(5, 5)], false)).expect("commit after the restart");
     check_replica(&store, &model);
 }
+
+/// A torn commit (half the record published, then ENOSPC), as a store without atomic publish
+/// could leave it: the commit is not acknowledged, readers refuse the torn record with an error
+/// naming it, everything committed before replays, and the writer, finding bytes that are not
+/// its record at its position, stops (fenced) instead of writing past it.
+#[test]
+fn a_torn_commit_is_refused_and_loses_nothing_committed() {
+    let (faulty, store) = with_faults(Arc::new(MemStore::new()));
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), "a").expect("claim");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1), ssd(2, 2)], true)).expect("full");
+    w.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("delta");
+    let committed = model.clone();
+    let mut reader = LogReader::open(store.clone()).expect("reader");
+    let mut map = ReplicaMap::new();
+    for r in poll_to(&mut reader, 2) {
+        map.apply_record(&r).expect("apply");
+    }
+    faulty.plan().add(Rule::new(FaultKind::ShortWrite).on(Op::Write).key_contains("log/").nth(1));
+    let c = ckpt(&mut model, &[ssd(4, 4)], false);
+    let err = w.commit(&c).expect_err("torn commit");
+    assert!(vmtier_repl_error_chain(&err).contains("No space left on device"), "{err}");
+    expect_corrupt(&mut reader, 3, |_| {});
+    let got: Model = map.iter().map(|(p, l, c)| (p, (l, c))).collect();
+    assert_eq!(got, committed, "what was committed before is all there, nothing of the torn record");
+    assert!(matches!(w.commit(&c), Err(LogError::Fenced { .. })), "the writer does not write past a torn record");
+}
