@@ -221,7 +221,7 @@ impl Mtm {
         self.budget_pages -= n;
         self.flush(p, &down[..n], Tier::Object);
         for &page in &up {
-            if !self.spend(2) {
+            if p.tier2_is_full() || !self.spend(2) {
                 break;
             }
             match p.move_to_ssd(page, &mut self.buf) {

@@ -13,7 +13,8 @@
 //! place.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tracing::{error, trace, warn};
@@ -56,6 +57,20 @@ pub(crate) fn tier2_refused(e: &EngineError) -> bool {
             ..
         }
     )
+}
+
+/// Whether `e` says tier 2 is out of space (ENOSPC or EDQUOT, or out of slot ids), as opposed to
+/// a write that failed for another reason and may work next time.
+fn tier2_full(e: &EngineError) -> bool {
+    use std::io::ErrorKind;
+    let full = |s: &std::io::Error| matches!(s.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded);
+    match e {
+        EngineError::Tier2 { source: SsdError::Write { source, .. } | SsdError::CreateFile { source, .. }, .. } => {
+            full(source)
+        }
+        EngineError::Tier2 { source: SsdError::AllocExhausted { .. }, .. } => true,
+        _ => false,
+    }
 }
 
 /// How far direct reclaim may go beyond the MTM's list of coldest pages.
@@ -104,7 +119,14 @@ pub struct Pager {
     pub(crate) repl: Option<ReplTrack>,
     /// Where `Home::Inherited` pages are read from, after a failover.
     pub(crate) inherited: Option<std::sync::Arc<dyn crate::InheritedPages>>,
+    /// Tier 2 reported itself full (ENOSPC): until this time (ms since `started`, 0 = never)
+    /// evictions go straight to tier 3 and nothing moves up to tier 2.
+    tier2_full_until_ms: AtomicU64,
+    started: Instant,
 }
+
+/// After tier 2 reports ENOSPC, how long evictions skip it before trying it again.
+const TIER2_FULL_BACKOFF_MS: u64 = 1000;
 
 /// Most pages written to tier 2 with one batch (1 MiB).
 const BATCH_PAGES: usize = 256;
@@ -157,6 +179,8 @@ impl Pager {
             reclaimer: OnceLock::new(),
             repl: None,
             inherited: None,
+            tier2_full_until_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -628,6 +652,16 @@ impl Pager {
     }
 
     fn try_evict(&self, page: usize, buf: &mut AlignedBuf) -> bool {
+        if self.tier2_is_full() {
+            return match self.move_batch(&[page], Tier::Object) {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    bump(&self.stats.io_errors);
+                    error!(page, error = %crate::error::chain(&e), "eviction to tier 3 failed (tier 2 is full); the page stays in DRAM");
+                    false
+                }
+            };
+        }
         let Some(g) = self.table.get(page).try_lock() else {
             return false;
         };
@@ -660,6 +694,9 @@ impl Pager {
     /// Evicts `pages` to tier 2, or to tier 3 if tier 2 refuses the write (full, or failing):
     /// a full tier 2 stops demotions to it, not the guest.
     pub(crate) fn evict_batch(&self, pages: &[usize]) -> Result<usize, EngineError> {
+        if self.tier2_is_full() {
+            return self.move_batch(pages, Tier::Object);
+        }
         match self.move_batch(pages, Tier::Ssd) {
             Err(e) if tier2_refused(&e) => {
                 self.note_tier2_refused(&e);
@@ -669,8 +706,19 @@ impl Pager {
         }
     }
 
-    /// Counts a write tier 2 refused; logs the first and then every 1024th.
+    /// Whether tier 2 reported itself full less than [`TIER2_FULL_BACKOFF_MS`] ago.
+    pub(crate) fn tier2_is_full(&self) -> bool {
+        let until = self.tier2_full_until_ms.load(Ordering::Relaxed);
+        until != 0 && (self.started.elapsed().as_millis() as u64) < until
+    }
+
+    /// Counts a write tier 2 refused (a full tier 2 is then skipped for a while); logs the
+    /// first and then every 1024th.
     pub(crate) fn note_tier2_refused(&self, e: &EngineError) {
+        if tier2_full(e) {
+            let until = self.started.elapsed().as_millis() as u64 + TIER2_FULL_BACKOFF_MS;
+            self.tier2_full_until_ms.store(until, Ordering::Relaxed);
+        }
         let n = self.stats.tier2_refused.fetch_add(1, Ordering::Relaxed);
         bump(&self.stats.io_errors);
         if n.is_multiple_of(1024) {

@@ -223,6 +223,32 @@ fn a_full_tier2_stops_demotions_to_it_and_nothing_is_lost() {
     assert!(s.tier2_refused > 0, "evictions went to tier 3 because tier 2 refused them");
 }
 
+/// After an ENOSPC the engine skips tier 2 for a second (no storm of failing writes), then tries
+/// it again: once space is back, evictions land in tier 2 again.
+#[test]
+fn tier2_is_used_again_once_it_has_room() {
+    let (cfg, dir) = config(4 * DRAM_PAGES, DRAM_PAGES);
+    let f = start_with(cfg, dir);
+    f.tier2.add(Rule::new(FaultKind::Enospc).on(Op::Write).nth(1));
+    let e = &f.engine;
+    let mem = e.guest_words();
+    for p in 0..2 * DRAM_PAGES as usize {
+        write_page(mem, p, p as u64 + 1);
+    }
+    let s = e.snapshot();
+    assert_eq!(s.tier2_refused, 1);
+    assert_eq!(f.tier2.ops(), 1, "one refused write, then tier 2 was skipped: no storm of failing writes");
+    assert_eq!(s.tier2_bytes_written, 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    for p in 2 * DRAM_PAGES as usize..4 * DRAM_PAGES as usize {
+        write_page(mem, p, p as u64 + 1);
+    }
+    assert!(e.snapshot().tier2_bytes_written > 0, "tier 2 used again after the back-off");
+    for p in 0..4 * DRAM_PAGES as usize {
+        check_page(mem, p, p as u64 + 1);
+    }
+}
+
 /// The same with the MTM and the background reclaimer running (policy demotions to tier 2 and
 /// moves up to it are refused too): the guest runs, nothing is lost, the refusals are counted.
 #[test]
@@ -255,14 +281,14 @@ fn a_full_tier2_under_the_mtm() {
     assert!(s.peak_resident_bytes <= DRAM_PAGES * 4096);
 }
 
-/// The same on a really full file system: tier 2 on a 128 KiB tmpfs (32 pages) under a guest
-/// that touches four times its DRAM. Tier 2 fills, later evictions go to tier 3, every page reads
-/// back right.
+/// The same on a really full file system: tier 2 on a 512 KiB tmpfs (128 pages) under a guest
+/// that touches eight times its DRAM. Tier 2 fills, later evictions go to tier 3 (tier 2 is
+/// skipped for a second after each ENOSPC), every page reads back right.
 #[test]
 fn a_really_full_tier2_file_system_stops_demotions_cleanly() {
     let mount = tempfile::tempdir().expect("tempdir");
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
         .arg(mount.path())
         .status()
         .is_ok_and(|s| s.success());
@@ -277,7 +303,7 @@ fn a_really_full_tier2_file_system_stops_demotions_cleanly() {
         }
     }
     let _unmount = Unmount(mount.path().to_path_buf());
-    let pages = 4 * DRAM_PAGES as usize;
+    let pages = 8 * DRAM_PAGES as usize;
     let (mut cfg, dir) = config(pages as u64, DRAM_PAGES);
     cfg.tier2.dir = mount.path().join("tier2");
     cfg.tier2.slots_per_file = 16;
@@ -294,7 +320,9 @@ fn a_really_full_tier2_file_system_stops_demotions_cleanly() {
     });
     let s = engine.snapshot();
     let in_tier = |t: &str| s.pages_in_tier.get(t).copied().unwrap_or(0);
-    assert!(in_tier("2") > 0 && in_tier("2") <= 32, "{:?}", s.pages_in_tier);
+    // Tier 2 took what fitted; pages read back from it meanwhile and evicted again went to tier
+    // 3 while tier 2 was known full.
+    assert!(s.tier2_bytes_written > 0 && in_tier("2") <= 128, "{:?}", s.pages_in_tier);
     assert!(in_tier("3") > 0, "{:?}", s.pages_in_tier);
     assert!(s.tier2_refused > 0);
     assert_eq!(s.corrupt_pages, 0);
@@ -380,8 +408,8 @@ fn a_failed_tier2_sync_aborts_the_checkpoint() {
 }
 
 /// Randomized: a guest doing random reads and writes over four times its DRAM, with the MTM on,
-/// while tier 2 and tier 3 fail reads and writes at random (EIO, ENOSPC, torn writes, lost PUT
-/// responses, latency) and flip bits on reads now and then. Every read the guest makes is
+/// while tier 2 and tier 3 fail reads and writes at random (EIO, lost responses, latency; on
+/// tier 3 also ENOSPC and torn writes) and flip bits on reads now and then. Every read the guest makes is
 /// checked against a model: no wrong byte ever, and nothing written is lost.
 #[test]
 fn random_storage_faults_never_show_the_guest_a_wrong_page() {
@@ -396,10 +424,14 @@ fn random_storage_faults_never_show_the_guest_a_wrong_page() {
         let f = start_with(cfg, dir);
         for (plan, salt) in [(&f.tier2, 0u64), (&f.tier3, 100)] {
             let s = seed * 1000 + salt;
-            plan.add(Rule::new(FaultKind::Eio).on(Op::Write).probability(0.03, s + 1));
-            plan.add(Rule::new(FaultKind::Enospc).on(Op::Write).probability(0.03, s + 2));
-            plan.add(Rule::new(FaultKind::ShortWrite).on(Op::Write).probability(0.02, s + 3));
-            plan.add(Rule::new(FaultKind::EioAfter).on(Op::Write).probability(0.02, s + 4));
+            plan.add(Rule::new(FaultKind::Eio).on(Op::Write).probability(0.05, s + 1));
+            plan.add(Rule::new(FaultKind::EioAfter).on(Op::Write).probability(0.03, s + 4));
+            if salt != 0 {
+                // Tier 2 reporting ENOSPC (also the end of a torn write) makes the engine skip it
+                // for a second, which would leave tier 2 idle here: the dedicated tests cover it.
+                plan.add(Rule::new(FaultKind::Enospc).on(Op::Write).probability(0.03, s + 2));
+                plan.add(Rule::new(FaultKind::ShortWrite).on(Op::Write).probability(0.02, s + 3));
+            }
             plan.add(Rule::new(FaultKind::Eio).on(Op::Read).probability(0.05, s + 5));
             plan.add(Rule::new(FaultKind::Delay(Duration::from_millis(2))).probability(0.02, s + 6));
             // Never two flips in a row: a flip on every read of a page would (rightly) poison it.
@@ -431,6 +463,7 @@ fn random_storage_faults_never_show_the_guest_a_wrong_page() {
         let s = engine.snapshot();
         assert_eq!(s.corrupt_pages, 0, "seed {seed}");
         assert!(f.tier2.injected() > 0, "seed {seed}: no tier-2 faults injected");
+        assert!(s.pages_in_tier.get("2").copied().unwrap_or(0) > 0, "seed {seed}: tier 2 in use");
         eprintln!(
             "seed {seed}: {} tier-2 and {} tier-3 faults injected, {} io_errors, {} refused by tier 2, tiers {:?}",
             f.tier2.injected(),
