@@ -913,7 +913,7 @@ fn slow_storage_and_the_lease(faulty: Arc<FaultyStore>, store: Arc<dyn SharedSto
 #[test]
 fn slow_storage_and_the_lease_in_memory() {
     let (faulty, store) = with_faults(Arc::new(MemStore::new()));
-    slow_storage_and_the_lease(faulty, store, Duration::from_millis(150));
+    slow_storage_and_the_lease(faulty, store, Duration::from_millis(300));
 }
 
 /// The S3 store over a `FaultyObjectStore` (slow or lost responses at the HTTP client's level).
