@@ -295,6 +295,12 @@ fn print_summary(s: &Snapshot, result: &GuestResult, verified: bool, cfg: &RunCo
     if s.corrupt_pages > 0 || s.io_errors > 0 {
         println!("  corrupt stored pages {}, storage errors {}", s.corrupt_pages, s.io_errors);
     }
+    if s.tier2_refused > 0 {
+        println!(
+            "  tier 2 refused {} writes (full disk or failing writes?); those evictions went to tier 3",
+            s.tier2_refused
+        );
+    }
     match failure {
         Some(f) => println!("  verified: NO — {f}"),
         None => println!("  verified: {}", if verified { "yes, every read matched what was written" } else { "NO" }),

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
+use vmtier_storage::fault::FaultPlan;
 use vmtier_storage::object::ObjectTier;
-use vmtier_storage::ssd::{SsdConfig, SsdStore};
+use vmtier_storage::ssd::{SlotIo, SsdConfig, SsdStore};
 use vmtier_uffd::uffd::{feature, mode};
 use vmtier_uffd::{AlignedBuf, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 
@@ -43,6 +44,17 @@ pub fn register_guest_memory(map: &SharedMapping) -> Result<Uffd, EngineError> {
     let uffd = Uffd::new(FEATURES).map_err(EngineError::Memory)?;
     uffd.register(map, REGISTER_MODE).map_err(EngineError::Memory)?;
     Ok(uffd)
+}
+
+/// Hooks under the engine's tiers, for fault-injection tests ([`Engine::start_with_io`]): the
+/// engine and the tiers run their real code, only the I/O beneath them is replaced. The default
+/// (no hooks) is the plain [`Engine::start`].
+#[derive(Debug, Clone, Default)]
+pub struct StorageIo {
+    /// Tier 2's slot-file I/O (e.g. a [`vmtier_storage::ssd::FaultyIo`]).
+    pub tier2: Option<Arc<dyn SlotIo>>,
+    /// Faults injected into tier 3's object-store requests.
+    pub tier3: Option<Arc<FaultPlan>>,
 }
 
 /// Guest memory that another process owns and has handed over (for example over a page
@@ -108,12 +120,17 @@ impl Engine {
     /// Validates `cfg`, opens the tiers (both start empty), maps guest memory, and starts the
     /// fault handlers and (if enabled) the MTM.
     pub fn start(cfg: EngineConfig) -> Result<Self, EngineError> {
+        Self::start_with_io(cfg, StorageIo::default())
+    }
+
+    /// [`start`](Self::start) with the tiers' I/O going through `io` (fault injection).
+    pub fn start_with_io(cfg: EngineConfig, io: StorageIo) -> Result<Self, EngineError> {
         cfg.validate("")?;
         let memfd = Memfd::create("vmtier-guest", cfg.memory.0).map_err(EngineError::Memory)?;
         let map = SharedMapping::new(&memfd).map_err(EngineError::Memory)?;
         let uffd = register_guest_memory(&map)?;
         let base = map.base();
-        Self::start_with(cfg, memfd, Some(map), uffd, base, None)
+        Self::start_with(cfg, memfd, Some(map), uffd, base, None, io)
     }
 
     /// Starts the engine of a new primary after a failover, over guest memory that a secondary
@@ -147,7 +164,15 @@ impl Engine {
         let map = SharedMapping::new(&inh.memfd).map_err(EngineError::Memory)?;
         let uffd = register_guest_memory(&map)?;
         let base = map.base();
-        Self::start_with(cfg, inh.memfd, Some(map), uffd, base, Some((inh.warm, inh.stored, inh.source)))
+        Self::start_with(
+            cfg,
+            inh.memfd,
+            Some(map),
+            uffd,
+            base,
+            Some((inh.warm, inh.stored, inh.source)),
+            StorageIo::default(),
+        )
     }
 
     /// Like [`start`](Self::start), over guest memory another process owns: the engine serves
@@ -194,7 +219,7 @@ impl Engine {
                 crate::error::chain(&e)
             )));
         }
-        Self::start_with(cfg, memfd, None, uffd, uffd_base, None)
+        Self::start_with(cfg, memfd, None, uffd, uffd_base, None, StorageIo::default())
     }
 
     fn start_with(
@@ -204,14 +229,23 @@ impl Engine {
         uffd: Uffd,
         uffd_base: usize,
         inherit: Option<Inherit>,
+        io: StorageIo,
     ) -> Result<Self, EngineError> {
         let pages = cfg.pages();
         let mut ssd_cfg = SsdConfig::new(cfg.tier2.dir.clone());
         ssd_cfg.slots_per_file = cfg.tier2.slots_per_file;
         ssd_cfg.direct_io = cfg.tier2.direct_io;
-        let ssd = SsdStore::open(ssd_cfg).map_err(EngineError::OpenTier2)?;
+        let ssd = match io.tier2 {
+            None => SsdStore::open(ssd_cfg),
+            Some(hook) => SsdStore::open_with_io(ssd_cfg, hook),
+        }
+        .map_err(EngineError::OpenTier2)?;
         let t3 = &cfg.tier3;
-        let object = ObjectTier::open(t3.object_config()).map_err(EngineError::OpenTier3)?;
+        let object = match io.tier3 {
+            None => ObjectTier::open(t3.object_config()),
+            Some(plan) => ObjectTier::open_with_faults(t3.object_config(), plan),
+        }
+        .map_err(EngineError::OpenTier3)?;
         let half_life_ticks = (cfg.tracker.half_life_ms / cfg.mtm.tick_ms).max(1) as u32;
         let tracker = Tracker::new(cfg.tracker.gain, half_life_ticks, cfg.tracker.history);
         let mut pager = Pager::new(
@@ -572,6 +606,8 @@ pub struct Snapshot {
     pub corrupt_pages: u64,
     /// Storage errors.
     pub io_errors: u64,
+    /// Evictions that tier 2 refused (a full disk, failing writes) and that went to tier 3.
+    pub tier2_refused: u64,
     /// Tier-2 slots moved by compaction.
     pub compacted_slots: u64,
     /// Tier-3 segments compacted.
@@ -686,6 +722,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         parked: l(&s.parked),
         corrupt_pages: l(&s.corrupt),
         io_errors: l(&s.io_errors),
+        tier2_refused: l(&s.tier2_refused),
         compacted_slots: l(&s.compacted_slots),
         compacted_segments: l(&s.compacted_segments),
         tier2_files: ssd.files as u64,
@@ -743,6 +780,7 @@ pub(crate) fn publish_metrics(p: &Pager) {
         ("vmtier_bytes_read_total", &s.bytes_read),
         ("vmtier_corrupt_pages_total", &s.corrupt),
         ("vmtier_io_errors_total", &s.io_errors),
+        ("vmtier_tier2_refused_total", &s.tier2_refused),
     ] {
         metrics::counter!(name).absolute(l(c));
     }

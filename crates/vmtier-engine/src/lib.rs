@@ -26,7 +26,7 @@ pub mod tracker;
 pub use auth::{PageAuth, PageAuthHandle, PageTag};
 pub use config::{ConfigError, EngineConfig, PolicyKind, PrefetchConfig};
 pub use engine::{
-    Engine, ExternalMemory, FEATURES, Inheritance, InheritedPages, MetadataBytes, REGISTER_MODE, Snapshot,
+    Engine, ExternalMemory, FEATURES, Inheritance, InheritedPages, MetadataBytes, REGISTER_MODE, Snapshot, StorageIo,
     register_guest_memory,
 };
 pub use error::{EngineError, chain};

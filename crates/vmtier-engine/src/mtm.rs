@@ -221,11 +221,13 @@ impl Mtm {
         self.budget_pages -= n;
         self.flush(p, &down[..n], Tier::Object);
         for &page in &up {
-            if !self.spend(2) {
+            if p.tier2_is_full() || !self.spend(2) {
                 break;
             }
-            if let Err(e) = p.move_to_ssd(page, &mut self.buf) {
-                error!(page, error = %crate::error::chain(&e), "move to tier 2 failed");
+            match p.move_to_ssd(page, &mut self.buf) {
+                Err(e) if crate::pager::tier2_refused(&e) => p.note_tier2_refused(&e),
+                Err(e) => error!(page, error = %crate::error::chain(&e), "move to tier 2 failed"),
+                Ok(_) => {}
             }
         }
         debug!(demote = demote.len(), promote = promote.len(), down = down.len(), up = up.len(), "mtm decision");
@@ -235,7 +237,9 @@ impl Mtm {
     fn flush(&mut self, p: &Pager, pages: &[usize], to: Tier) {
         let batch = if to == Tier::Object { self.cfg.tier3.segment_bytes.0 as usize / PAGE_SIZE } else { 256 };
         for chunk in pages.chunks(batch) {
-            if let Err(e) = p.move_batch(chunk, to) {
+            // Demotions to tier 2 go to tier 3 if tier 2 refuses them (full).
+            let moved = if to == Tier::Ssd { p.evict_batch(chunk) } else { p.move_batch(chunk, to) };
+            if let Err(e) = moved {
                 error!(error = %crate::error::chain(&e), ?to, "batch move down failed");
             }
         }

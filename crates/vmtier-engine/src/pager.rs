@@ -13,12 +13,13 @@
 //! place.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tracing::{error, trace, warn};
-use vmtier_storage::object::{ObjectTier, SegmentLoc};
-use vmtier_storage::ssd::{SlotId, SsdStore};
+use vmtier_storage::object::{ObjectError, ObjectTier, SegmentLoc};
+use vmtier_storage::ssd::{SlotId, SsdError, SsdStore};
 use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 
 use crate::dram::DramBudget;
@@ -43,6 +44,32 @@ pub(crate) fn note_modified(g: &PageGuard<'_>, v: &PageView, crc: u32) {
         g.set(WRITTEN);
     } else {
         g.clear(WRITTEN);
+    }
+}
+
+/// Whether `e` is tier 2 refusing to store a page: no slot, or the slot write failed (ENOSPC,
+/// EIO, a torn write). The page is then still resident and unchanged.
+pub(crate) fn tier2_refused(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Tier2 {
+            source: SsdError::Write { .. } | SsdError::CreateFile { .. } | SsdError::AllocExhausted { .. },
+            ..
+        }
+    )
+}
+
+/// Whether `e` says tier 2 is out of space (ENOSPC or EDQUOT, or out of slot ids), as opposed to
+/// a write that failed for another reason and may work next time.
+fn tier2_full(e: &EngineError) -> bool {
+    use std::io::ErrorKind;
+    let full = |s: &std::io::Error| matches!(s.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded);
+    match e {
+        EngineError::Tier2 { source: SsdError::Write { source, .. } | SsdError::CreateFile { source, .. }, .. } => {
+            full(source)
+        }
+        EngineError::Tier2 { source: SsdError::AllocExhausted { .. }, .. } => true,
+        _ => false,
     }
 }
 
@@ -94,7 +121,14 @@ pub struct Pager {
     pub(crate) inherited: Option<std::sync::Arc<dyn crate::InheritedPages>>,
     /// Keyed tags of stored pages, when they are authenticated ([`crate::auth`]).
     pub(crate) tags: crate::auth::Tags,
+    /// Tier 2 reported itself full (ENOSPC): until this time (ms since `started`, 0 = never)
+    /// evictions go straight to tier 3 and nothing moves up to tier 2.
+    tier2_full_until_ms: AtomicU64,
+    started: Instant,
 }
+
+/// After tier 2 reports ENOSPC, how long evictions skip it before trying it again.
+const TIER2_FULL_BACKOFF_MS: u64 = 1000;
 
 /// Most pages written to tier 2 with one batch (1 MiB).
 const BATCH_PAGES: usize = 256;
@@ -148,6 +182,8 @@ impl Pager {
             repl: None,
             inherited: None,
             tags: crate::auth::Tags::new(None, 0),
+            tier2_full_until_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -213,13 +249,30 @@ impl Pager {
                 buf.fill(0);
                 Ok(())
             }
+            // A copy that fails its checksum is read once more before it is declared corrupt: a
+            // bit flipped on the way (a flaky link, a bad transfer) must not cost the page. Damage
+            // at rest fails both reads.
             Home::Ssd(slot) => {
-                self.ssd.read(slot, v.crc, buf).map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
+                let read = match self.ssd.read(slot, v.crc, buf) {
+                    Err(e @ SsdError::Corrupt { .. }) => {
+                        warn!(page, error = %crate::error::chain(&e), "tier-2 copy failed its checksum; reading it again");
+                        self.ssd.read(slot, v.crc, buf)
+                    }
+                    r => r,
+                };
+                read.map_err(|source| EngineError::Tier2 { page: page as u64, source })?;
                 add(&self.stats.bytes_read, PAGE_SIZE as u64);
                 self.check_tag(page, v, buf)
             }
             Home::Object(loc) => {
-                self.object.read(loc, v.crc, buf).map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
+                let read = match self.object.read(loc, v.crc, buf) {
+                    Err(e @ ObjectError::Corrupt { .. }) => {
+                        warn!(page, error = %crate::error::chain(&e), "tier-3 copy failed its checksum; reading it again");
+                        self.object.read(loc, v.crc, buf)
+                    }
+                    r => r,
+                };
+                read.map_err(|source| EngineError::Tier3 { page: page as u64, source })?;
                 add(&self.stats.bytes_read, PAGE_SIZE as u64);
                 self.check_tag(page, v, buf)
             }
@@ -540,7 +593,7 @@ impl Pager {
             }
             batch.push(page);
         }
-        match self.move_batch(&batch, Tier::Ssd) {
+        match self.evict_batch(&batch) {
             Ok(moved) => moved > 0,
             Err(e) => {
                 bump(&self.stats.io_errors);
@@ -564,7 +617,7 @@ impl Pager {
             if batch.is_empty() {
                 break;
             }
-            match self.move_batch(&batch, Tier::Ssd) {
+            match self.evict_batch(&batch) {
                 Ok(n) if n > 0 => {
                     add(&self.stats.direct_reclaims, n as u64 - 1);
                     return true;
@@ -614,6 +667,16 @@ impl Pager {
     }
 
     fn try_evict(&self, page: usize, buf: &mut AlignedBuf) -> bool {
+        if self.tier2_is_full() {
+            return match self.move_batch(&[page], Tier::Object) {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    bump(&self.stats.io_errors);
+                    error!(page, error = %crate::error::chain(&e), "eviction to tier 3 failed (tier 2 is full); the page stays in DRAM");
+                    false
+                }
+            };
+        }
         let Some(g) = self.table.get(page).try_lock() else {
             return false;
         };
@@ -622,11 +685,63 @@ impl Pager {
         }
         match self.evict(page, &g, buf, false) {
             Ok(()) => true,
+            Err(e) if tier2_refused(&e) => {
+                // The page is unchanged and still resident: store it in tier 3 instead.
+                drop(g);
+                self.note_tier2_refused(&e);
+                match self.move_batch(&[page], Tier::Object) {
+                    Ok(n) => n > 0,
+                    Err(e) => {
+                        bump(&self.stats.io_errors);
+                        error!(page, error = %crate::error::chain(&e), "eviction to tier 3 failed too; the page stays in DRAM");
+                        false
+                    }
+                }
+            }
             Err(e) => {
                 bump(&self.stats.io_errors);
                 error!(page, error = %crate::error::chain(&e), "eviction failed; the page stays in DRAM");
                 false
             }
+        }
+    }
+
+    /// Evicts `pages` to tier 2, or to tier 3 if tier 2 refuses the write (full, or failing):
+    /// a full tier 2 stops demotions to it, not the guest.
+    pub(crate) fn evict_batch(&self, pages: &[usize]) -> Result<usize, EngineError> {
+        if self.tier2_is_full() {
+            return self.move_batch(pages, Tier::Object);
+        }
+        match self.move_batch(pages, Tier::Ssd) {
+            Err(e) if tier2_refused(&e) => {
+                self.note_tier2_refused(&e);
+                self.move_batch(pages, Tier::Object)
+            }
+            r => r,
+        }
+    }
+
+    /// Whether tier 2 reported itself full less than [`TIER2_FULL_BACKOFF_MS`] ago.
+    pub(crate) fn tier2_is_full(&self) -> bool {
+        let until = self.tier2_full_until_ms.load(Ordering::Relaxed);
+        until != 0 && (self.started.elapsed().as_millis() as u64) < until
+    }
+
+    /// Counts a write tier 2 refused (a full tier 2 is then skipped for a while); logs the
+    /// first and then every 1024th.
+    pub(crate) fn note_tier2_refused(&self, e: &EngineError) {
+        if tier2_full(e) {
+            let until = self.started.elapsed().as_millis() as u64 + TIER2_FULL_BACKOFF_MS;
+            self.tier2_full_until_ms.store(until, Ordering::Relaxed);
+        }
+        let n = self.stats.tier2_refused.fetch_add(1, Ordering::Relaxed);
+        bump(&self.stats.io_errors);
+        if n.is_multiple_of(1024) {
+            warn!(
+                refused = n + 1,
+                error = %crate::error::chain(e),
+                "tier 2 refused a write (full disk or failing writes?); evictions go to tier 3 instead, moves up to tier 2 wait"
+            );
         }
     }
 

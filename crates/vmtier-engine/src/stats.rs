@@ -49,6 +49,8 @@ pub struct Stats {
     pub corrupt: AtomicU64,
     /// Storage operations that failed.
     pub io_errors: AtomicU64,
+    /// Evictions that tier 2 refused (full, or failing writes) and that went to tier 3 instead.
+    pub tier2_refused: AtomicU64,
     /// Tier-2 slots moved by compaction.
     pub compacted_slots: AtomicU64,
     /// Tier-3 segments rewritten by compaction.
@@ -96,6 +98,7 @@ impl Default for Stats {
             sampled: z(),
             corrupt: z(),
             io_errors: z(),
+            tier2_refused: z(),
             compacted_slots: z(),
             compacted_segments: z(),
             prefetch_issued: z(),

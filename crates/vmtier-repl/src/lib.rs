@@ -33,7 +33,7 @@ pub use record::{
 };
 pub use replica::{ReplicaError, ReplicaMap};
 pub use store::{
-    Created, DirStore, ExclusiveWrites, MemStore, ObjectStoreShared, SharedStore, StoreError, open_store,
+    Created, DirStore, ExclusiveWrites, FaultyStore, MemStore, ObjectStoreShared, SharedStore, StoreError, open_store,
     open_store_with,
 };
 

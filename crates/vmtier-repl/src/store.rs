@@ -8,6 +8,7 @@
 //! | [`DirStore`]           | `/abs/dir`, `rel/dir`, `file:///abs/dir` | temp file, fsync, `link(2)`; atomic on local file systems and NFS |
 //! | [`ObjectStoreShared`]  | `s3://bucket[/prefix]`              | `PUT` with `If-None-Match: *`, then, by default, a settle-and-read-back check ([`ExclusiveWrites`]) |
 //! | [`MemStore`]           | (tests only)                        | a mutex                                |
+//! | [`FaultyStore`]        | (tests only) around any other       | the inner store's, with injected faults |
 //!
 //! # Keys
 //!
@@ -32,10 +33,12 @@ use std::time::Duration;
 use vmtier_storage::ObjectConfig;
 
 pub mod dir;
+pub mod faulty;
 pub mod mem;
 pub mod object;
 
 pub use dir::DirStore;
+pub use faulty::FaultyStore;
 pub use mem::MemStore;
 pub use object::{ExclusiveWrites, ObjectStoreShared};
 

@@ -6,18 +6,19 @@
 mod s3;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use vmtier_repl::log::{HEARTBEAT_KEY, epoch_key, log_key, read_claim};
 use vmtier_repl::record::{self, Heartbeat};
-use vmtier_repl::store::{BackendError, Created, DirStore, MemStore, SharedStore, StoreError};
+use vmtier_repl::store::{Created, DirStore, FaultyStore, MemStore, ObjectStoreShared, SharedStore};
 use vmtier_repl::{
     Checkpoint, ClusterKey, ExclusiveWrites, Fence, LeaseStatus, LeaseWatch, Location, LogError, LogReader, LogWriter,
     PageLoc, Record, RecordError, ReplicaMap, map_digest, read_heartbeat,
 };
+
+use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule};
 
 use crate::s3::S3Server;
 
@@ -552,76 +553,14 @@ fn lease_watch_sees_the_heartbeat_stop() {
     assert!(store.get(&epoch_key(1)).expect("get").is_some());
 }
 
-/// A store whose operations fail at random, before or after taking effect.
-#[derive(Debug)]
-struct FaultyStore {
-    inner: MemStore,
-    state: AtomicU64,
-    fail_per_mille: u64,
-    faults: AtomicU64,
-}
-
-impl FaultyStore {
-    fn new(seed: u64, fail_per_mille: u64) -> Self {
-        Self { inner: MemStore::new(), state: AtomicU64::new(seed | 1), fail_per_mille, faults: AtomicU64::new(0) }
-    }
-
-    fn roll(&self) -> u64 {
-        // xorshift64*
-        let mut x = self.state.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.state.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d) % 1000
-    }
-
-    /// `Some(after)` if this call fails; `after`: the operation takes effect first.
-    fn fault(&self) -> Option<bool> {
-        let r = self.roll();
-        (r < self.fail_per_mille).then(|| {
-            self.faults.fetch_add(1, Ordering::Relaxed);
-            r.is_multiple_of(2)
-        })
-    }
-
-    fn err(&self, key: &str) -> StoreError {
-        let source = BackendError::Io(std::io::Error::other("injected fault"));
-        StoreError::Put { store: self.describe(), key: key.to_string(), source }
-    }
-}
-
-impl SharedStore for FaultyStore {
-    fn put_exclusive(&self, key: &str, bytes: &[u8]) -> Result<Created, StoreError> {
-        match self.fault() {
-            None => self.inner.put_exclusive(key, bytes),
-            Some(true) => self.inner.put_exclusive(key, bytes).and(Err(self.err(key))),
-            Some(false) => Err(self.err(key)),
-        }
-    }
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        match self.fault() {
-            None => self.inner.put(key, bytes),
-            Some(true) => self.inner.put(key, bytes).and(Err(self.err(key))),
-            Some(false) => Err(self.err(key)),
-        }
-    }
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.fault().is_some() { Err(self.err(key)) } else { self.inner.get(key) }
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        if self.fault().is_some() { Err(self.err(prefix)) } else { self.inner.list(prefix) }
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self.fault() {
-            None => self.inner.delete(key),
-            Some(true) => self.inner.delete(key).and(Err(self.err(key))),
-            Some(false) => Err(self.err(key)),
-        }
-    }
-    fn describe(&self) -> String {
-        "faulty in-memory store".into()
-    }
+/// A store whose operations fail at random (`per_mille` of them), half before and half after
+/// taking effect: the library's [`FaultyStore`] over a [`MemStore`].
+fn faulty_store(seed: u64, per_mille: u64) -> FaultyStore {
+    let plan = Arc::new(FaultPlan::new());
+    let p = per_mille as f64 / 2000.0;
+    plan.add(Rule::new(FaultKind::Eio).probability(p, seed));
+    plan.add(Rule::new(FaultKind::EioAfter).probability(p, seed.rotate_left(17) ^ 0x5555));
+    FaultyStore::new(Arc::new(MemStore::new()), plan)
 }
 
 fn vmtier_repl_error_chain(e: &dyn std::error::Error) -> String {
@@ -655,7 +594,7 @@ proptest! {
     #[test]
     fn faults_never_break_the_log(seed in any::<u64>(), steps in proptest::collection::vec((0u8..10, 0u32..32, any::<u32>()), 1..60)) {
         // 5% of operations fail (a claim makes ~10-30 of them).
-        let faulty = Arc::new(FaultyStore::new(seed, 50));
+        let faulty = Arc::new(faulty_store(seed, 50));
         let store: Arc<dyn SharedStore> = faulty.clone();
         let mut model = Model::new();
         let mut writers = 0;
@@ -695,8 +634,8 @@ proptest! {
         }
         // Replay without faults.
         let clean: Arc<dyn SharedStore> = Arc::new(MemStore::new());
-        for k in faulty.inner.list("").expect("list") {
-            clean.put(&k, &faulty.inner.get(&k).expect("get").expect("value")).expect("copy");
+        for k in faulty.inner().list("").expect("list") {
+            clean.put(&k, &faulty.inner().get(&k).expect("get").expect("value")).expect("copy");
         }
         check_replica(&clean, &model);
     }
@@ -827,4 +766,398 @@ fn replayed_heartbeat_does_not_hold_the_lease() {
     };
     assert!(matches!(status, LeaseStatus::Expired { .. }), "replays kept the lease alive: {status:?}");
     assert!(watch.replays() > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage faults under the log (the library's `FaultyStore` / `FaultyObjectStore` over real
+// stores): a commit the store refuses is not acknowledged and loses nothing committed before;
+// a damaged record is refused with an error naming it; slow storage does not cost the lease.
+
+/// `inner` behind a `FaultyStore` with an empty plan.
+fn with_faults(inner: Arc<dyn SharedStore>) -> (Arc<FaultyStore>, Arc<dyn SharedStore>) {
+    let faulty = Arc::new(FaultyStore::new(inner, Arc::new(FaultPlan::new())));
+    let store: Arc<dyn SharedStore> = faulty.clone();
+    (faulty, store)
+}
+
+fn commit_faults(inner: Arc<dyn SharedStore>) {
+    let (faulty, store) = with_faults(inner);
+    let plan = faulty.plan();
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1), ssd(2, 2)], true)).expect("full");
+    for (i, (kind, errno_text)) in
+        [(FaultKind::Eio, "Input/output error"), (FaultKind::Enospc, "No space left on device")].into_iter().enumerate()
+    {
+        plan.add(Rule::new(kind).on(Op::Write).key_contains("log/").nth(1));
+        let before = model.clone();
+        let c = ckpt(&mut model, &[ssd(10 + i as u32, 10 + i as u32)], false);
+        let seq = w.next_seq();
+        let err = w.commit(&c).expect_err("the store refuses the commit");
+        let chain = vmtier_repl_error_chain(&err);
+        assert!(matches!(err, LogError::Store { .. }), "{chain}");
+        assert!(chain.contains("cannot commit the checkpoint") && chain.contains(errno_text), "{chain}");
+        assert!(chain.contains(&log_key(seq)), "the error names the record: {chain}");
+        // Not acknowledged, not there; everything acknowledged before is.
+        check_replica(&store, &before);
+        assert_eq!(w.commit(&c).expect("commit again"), seq);
+        check_replica(&store, &model);
+    }
+    // A lost acknowledgement: the record landed but the writer was told it failed. Committing
+    // the same checkpoint again recognises it, at the same position.
+    plan.add(Rule::new(FaultKind::EioAfter).on(Op::Write).key_contains("log/").nth(1));
+    let c = ckpt(&mut model, &[ssd(20, 20)], false);
+    let seq = w.next_seq();
+    assert!(matches!(w.commit(&c), Err(LogError::Store { .. })));
+    assert_eq!(w.commit(&c).expect("commit again"), seq);
+    check_replica(&store, &model);
+    // A failed heartbeat is an error and nothing more.
+    plan.add(Rule::new(FaultKind::Eio).on(Op::Write).key_contains("lease/").nth(1));
+    assert!(matches!(w.heartbeat(seq), Err(LogError::Store { .. })));
+    w.heartbeat(seq).expect("next heartbeat");
+    // Reads failing under a reader: an error, and the reader resumes where it was.
+    let mut reader = LogReader::open(store.clone(), key()).expect("reader");
+    let mut got = poll_to(&mut reader, w.next_seq() - 1);
+    let c = ckpt(&mut model, &[ssd(21, 21)], false);
+    let seq = w.commit(&c).expect("commit");
+    plan.add(Rule::new(FaultKind::Eio).on(Op::Read).key_contains(log_key(seq)).nth(1));
+    let mut errors = 0;
+    while reader.next_seq() <= seq {
+        match reader.poll() {
+            Ok(r) => got.extend(r),
+            Err(LogError::Store { .. }) => errors += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(errors < 100);
+    }
+    assert_eq!(errors, 1, "the reader reported the failed read");
+    assert_eq!(got.last().map(Record::seq), Some(seq));
+    assert_eq!(plan.injected(), 5);
+    check_replica(&store, &model);
+}
+
+#[test]
+fn commit_faults_in_memory() {
+    commit_faults(Arc::new(MemStore::new()));
+}
+
+#[test]
+fn commit_faults_on_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    commit_faults(Arc::new(DirStore::open(dir.path()).expect("open")));
+}
+
+#[test]
+fn commit_faults_on_s3_server() {
+    let Some(server) = S3Server::start_or_skip("commit_faults_on_s3_server") else { return };
+    commit_faults(vmtier_repl::open_store(&server.config("commit-faults")).expect("open"));
+}
+
+/// A bit flipped in a record, on the way to the store or on the way back, is refused with an
+/// error naming the record; the reader never applies it and never moves past it.
+fn record_bit_flips(inner: Arc<dyn SharedStore>) {
+    let (faulty, store) = with_faults(inner);
+    let plan = faulty.plan();
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("full");
+    let mut reader = LogReader::open(store.clone(), key()).expect("reader");
+    let mut map = ReplicaMap::new();
+    for r in poll_to(&mut reader, w.next_seq() - 1) {
+        map.apply_record(&r).expect("apply");
+    }
+    // On the way back: every bit position the seeds pick is caught; the next clean read goes on.
+    for seed in 0..24u64 {
+        let c = ckpt(&mut model, &[ssd(2 + seed as u32, 100 + seed as u32)], false);
+        let seq = w.commit(&c).expect("commit");
+        plan.add(Rule::new(FaultKind::FlipBit).on(Op::Read).key_contains(log_key(seq)).probability(1.0, seed).times(1));
+        expect_corrupt(&mut reader, seq, |_| {});
+        assert_eq!(reader.next_seq(), seq, "the reader stays before the damaged record");
+        for r in poll_to(&mut reader, seq) {
+            map.apply_record(&r).expect("apply");
+        }
+    }
+    let got: Model = map.iter().map(|(p, l, c)| (p, (l, c))).collect();
+    assert_eq!(got, model);
+    // On the way to the store (the write reports success): the damage is found by every reader,
+    // which stays before it, with an error naming it.
+    let good = model.clone();
+    plan.add(Rule::new(FaultKind::FlipBit).on(Op::Write).key_contains("log/").nth(1));
+    let seq = w.commit(&ckpt(&mut model, &[ssd(50, 50)], false)).expect("commit (damage unnoticed)");
+    for _ in 0..3 {
+        expect_corrupt(&mut reader, seq, |_| {});
+        assert_eq!(reader.next_seq(), seq);
+    }
+    let err = reader.poll().expect_err("still damaged");
+    assert!(err.to_string().contains("is damaged"), "{err}");
+    let got: Model = map.iter().map(|(p, l, c)| (p, (l, c))).collect();
+    assert_eq!(got, good, "nothing of the damaged record applied");
+}
+
+#[test]
+fn record_bit_flips_in_memory() {
+    record_bit_flips(Arc::new(MemStore::new()));
+}
+
+#[test]
+fn record_bit_flips_on_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    record_bit_flips(Arc::new(DirStore::open(dir.path()).expect("open")));
+}
+
+/// The log on a really full file system (a 256 KiB tmpfs): commits fail with ENOSPC and are not
+/// acknowledged, the committed log stays readable, and truncating old records makes room again.
+#[test]
+fn commits_on_a_full_file_system_stop_cleanly() {
+    let mount = tempfile::tempdir().expect("tempdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED commits_on_a_full_file_system_stop_cleanly: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path().to_path_buf());
+    let store: Arc<dyn SharedStore> = Arc::new(DirStore::open(mount.path().join("log")).expect("open"));
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    let mut model = Model::new();
+    // Full checkpoints of 2000 pages (~30 KiB each) until the file system is full.
+    let mut round = 0u32;
+    let err = loop {
+        round += 1;
+        assert!(round < 100, "a 256 KiB file system never filled");
+        let changes: Vec<_> = (0..2000).map(|p| ssd(p, p + round * 7)).collect();
+        let before = model.clone();
+        let c = ckpt(&mut model, &changes, true);
+        match w.commit(&c) {
+            Ok(_) => {}
+            Err(e) => {
+                model = before;
+                break e;
+            }
+        }
+    };
+    let chain = vmtier_repl_error_chain(&err);
+    assert!(matches!(err, LogError::Store { .. }) && chain.contains("No space left on device"), "{chain}");
+    assert!(round > 2, "only {round} checkpoints fit");
+    check_replica(&store, &model);
+    // Room again: drop the records before the newest full checkpoint, commit again.
+    let last_full = w.last_full().expect("a full checkpoint");
+    assert!(w.truncate_before(last_full).expect("truncate") > 0);
+    let changes: Vec<_> = (0..2000).map(|p| ssd(p, p + 999)).collect();
+    w.commit(&ckpt(&mut model, &changes, true)).expect("commit after truncation");
+    check_replica(&store, &model);
+}
+
+/// Watches the lease on its own thread every 10 ms until `stop`; returns the longest silence
+/// seen and whether it ever expired.
+fn watch_lease(
+    store: Arc<dyn SharedStore>,
+    timeout: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        let mut watch = LeaseWatch::new(timeout);
+        let mut expired = false;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(LeaseStatus::Expired { .. }) = watch.poll(&*store, key()) {
+                expired = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        expired
+    })
+}
+
+/// Commits slowed far beyond the lease do not cost it: the heartbeat runs on its own thread. A
+/// latency spike on the heartbeat itself does: the lease expires, a new primary claims, and the
+/// old one is fenced — a clean failover.
+fn slow_storage_and_the_lease(faulty: Arc<FaultyStore>, store: Arc<dyn SharedStore>, lease: Duration) {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let plan = faulty.plan();
+    let mut model = Model::new();
+    let mut a = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    let beater = a.heartbeater();
+    beater.beat(0).expect("first beat");
+    let stop_beats = Arc::new(AtomicBool::new(false));
+    let beats = {
+        let stop = stop_beats.clone();
+        std::thread::spawn(move || {
+            let mut fenced = None;
+            while !stop.load(Relaxed) {
+                match beater.beat(0) {
+                    Err(e @ LogError::Fenced { .. }) => {
+                        fenced = Some(e);
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                    Ok(()) => {}
+                }
+                std::thread::sleep(lease / 10);
+            }
+            fenced
+        })
+    };
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watcher = watch_lease(store.clone(), lease, stop_watch.clone());
+    // Three commits, each slowed to twice the lease.
+    plan.add(Rule::new(FaultKind::Delay(lease * 2)).on(Op::Write).key_contains("log/"));
+    let start = std::time::Instant::now();
+    a.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("slow full");
+    a.commit(&ckpt(&mut model, &[ssd(2, 2)], false)).expect("slow delta");
+    a.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("slow delta");
+    assert!(start.elapsed() >= lease * 6);
+    stop_watch.store(true, Relaxed);
+    assert!(!watcher.join().expect("watcher"), "the lease expired while commits were slow");
+    plan.clear();
+    // Now the heartbeat stalls for four leases: the lease expires and B takes over.
+    plan.add(Rule::new(FaultKind::Delay(lease * 4)).on(Op::Write).key_contains("lease/"));
+    let mut watch = LeaseWatch::new(lease);
+    let deadline = std::time::Instant::now() + lease * 20;
+    while !matches!(watch.poll(&*store, key()).expect("poll"), LeaseStatus::Expired { .. }) {
+        assert!(std::time::Instant::now() < deadline, "the lease never expired");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    plan.clear();
+    let mut b = LogWriter::claim(store.clone(), key(), "b").expect("B claims");
+    b.commit(&ckpt(&mut model.clone(), &[], true)).expect("B commits");
+    assert!(matches!(a.commit(&ckpt(&mut model.clone(), &[ssd(4, 4)], false)), Err(LogError::Fenced { .. })));
+    stop_beats.store(true, Relaxed);
+    let fenced = beats.join().expect("heartbeat thread");
+    assert!(
+        fenced.is_none() || matches!(fenced, Some(LogError::Fenced { .. })),
+        "A's heartbeat thread ends fenced or stopped: {fenced:?}"
+    );
+    assert!(matches!(a.heartbeat(3), Err(LogError::Fenced { .. })));
+    check_replica(&store, &model);
+}
+
+#[test]
+fn slow_storage_and_the_lease_in_memory() {
+    let (faulty, store) = with_faults(Arc::new(MemStore::new()));
+    slow_storage_and_the_lease(faulty, store, Duration::from_millis(300));
+}
+
+/// The S3 store over a `FaultyObjectStore` (slow or lost responses at the HTTP client's level).
+fn faulty_s3(server: &S3Server, prefix: &str, plan: &Arc<FaultPlan>) -> Arc<dyn SharedStore> {
+    let cfg = server.config(prefix);
+    let (inner, path) = vmtier_storage::object::parse_store(&cfg).expect("s3 client");
+    let wrapped = Arc::new(vmtier_storage::object::FaultyObjectStore::new(inner, plan.clone()));
+    Arc::new(ObjectStoreShared::new(wrapped, path, ExclusiveWrites::default(), "faulty s3").expect("store"))
+}
+
+#[test]
+fn slow_s3_responses_and_the_lease() {
+    let Some(server) = S3Server::start_or_skip("slow_s3_responses_and_the_lease") else { return };
+    let (faulty, store) = with_faults(vmtier_repl::open_store(&server.config("slow")).expect("open"));
+    slow_storage_and_the_lease(faulty, store, Duration::from_millis(400));
+    // Slow HTTP responses under the S3 client itself: a commit is slow, and right.
+    let plan = Arc::new(FaultPlan::new());
+    let store = faulty_s3(&server, "slow-http", &plan);
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    plan.add(Rule::new(FaultKind::Delay(Duration::from_millis(300))).on(Op::Write));
+    let start = std::time::Instant::now();
+    w.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("slow commit");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    plan.clear();
+    check_replica(&store, &model);
+}
+
+/// A conditional PUT whose response is lost (it created the object, the client saw an error) in
+/// a race: for a plain key, the writer that retries recognises its own object and the other
+/// loses; for the log, a primary whose lost commit raced a new claim is fenced on retry, and the
+/// new primary's log holds exactly one history.
+#[test]
+fn lost_conditional_write_in_a_race_on_s3_server() {
+    let Some(server) = S3Server::start_or_skip("lost_conditional_write_in_a_race_on_s3_server") else { return };
+    let plan = Arc::new(FaultPlan::new());
+    let store = faulty_s3(&server, "lost", &plan);
+    // The plain race.
+    plan.add(Rule::new(FaultKind::EioAfter).on(Op::Write).key_contains("race/k").nth(1));
+    assert!(store.put_exclusive("race/k", b"x").is_err(), "x's response is lost");
+    assert_eq!(store.put_exclusive("race/k", b"y").expect("y"), Created::AlreadyExists, "y loses");
+    assert_eq!(store.put_exclusive("race/k", b"x").expect("x again"), Created::Yes, "x recognises its object");
+    assert_eq!(store.get("race/k").expect("get").as_deref(), Some(&b"x"[..]));
+    // The log.
+    let mut model = Model::new();
+    let mut a = LogWriter::claim(store.clone(), key(), "a").expect("claim A");
+    a.commit(&ckpt(&mut model, &[ssd(1, 1)], true)).expect("full");
+    plan.add(Rule::new(FaultKind::EioAfter).on(Op::Write).key_contains("log/").nth(1));
+    let c = ckpt(&mut model, &[ssd(2, 2)], false);
+    let seq = a.next_seq();
+    assert!(matches!(a.commit(&c), Err(LogError::Store { .. })), "A's commit response is lost");
+    let mut b = LogWriter::claim(store.clone(), key(), "b").expect("claim B");
+    assert_fenced(a.commit(&c), seq, 1, 2, "b");
+    // B saw A's landed record as the log's head when it claimed: it is part of B's history.
+    b.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("B commits");
+    check_replica(&store, &model);
+}
+
+/// The S3 server stopped and restarted mid-run: a commit in flight when it stops either
+/// completes once it is back (the client retries) or fails with a store error and succeeds when
+/// committed again; nothing committed is lost.
+#[test]
+fn s3_server_restart_mid_run() {
+    let Some(mut server) = S3Server::start_or_skip("s3_server_restart_mid_run") else { return };
+    let store = vmtier_repl::open_store(&server.config("restart")).expect("open");
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1), ssd(2, 2)], true)).expect("full");
+    w.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("delta");
+    server.stop();
+    let c = ckpt(&mut model, &[ssd(4, 4)], false);
+    let c2 = c.clone();
+    let inflight = std::thread::spawn(move || {
+        let r = w.commit(&c2);
+        (w, r)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    let (mut w, r) = inflight.join().expect("commit thread");
+    match r {
+        Ok(_) => {}
+        Err(e @ LogError::Store { .. }) => {
+            eprintln!("commit while the server was down: {}", vmtier_repl_error_chain(&e));
+            w.commit(&c).expect("commit again after the restart");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    w.commit(&ckpt(&mut model, &[ssd(5, 5)], false)).expect("commit after the restart");
+    check_replica(&store, &model);
+}
+
+/// A torn commit (half the record published, then ENOSPC), as a store without atomic publish
+/// could leave it: the commit is not acknowledged, readers refuse the torn record with an error
+/// naming it, everything committed before replays, and the writer, finding bytes that are not
+/// its record at its position, stops (fenced) instead of writing past it.
+#[test]
+fn a_torn_commit_is_refused_and_loses_nothing_committed() {
+    let (faulty, store) = with_faults(Arc::new(MemStore::new()));
+    let mut model = Model::new();
+    let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
+    w.commit(&ckpt(&mut model, &[ssd(1, 1), ssd(2, 2)], true)).expect("full");
+    w.commit(&ckpt(&mut model, &[ssd(3, 3)], false)).expect("delta");
+    let committed = model.clone();
+    let mut reader = LogReader::open(store.clone(), key()).expect("reader");
+    let mut map = ReplicaMap::new();
+    for r in poll_to(&mut reader, 2) {
+        map.apply_record(&r).expect("apply");
+    }
+    faulty.plan().add(Rule::new(FaultKind::ShortWrite).on(Op::Write).key_contains("log/").nth(1));
+    let c = ckpt(&mut model, &[ssd(4, 4)], false);
+    let err = w.commit(&c).expect_err("torn commit");
+    assert!(vmtier_repl_error_chain(&err).contains("No space left on device"), "{err}");
+    expect_corrupt(&mut reader, 3, |_| {});
+    let got: Model = map.iter().map(|(p, l, c)| (p, (l, c))).collect();
+    assert_eq!(got, committed, "what was committed before is all there, nothing of the torn record");
+    assert!(matches!(w.commit(&c), Err(LogError::Fenced { .. })), "the writer does not write past a torn record");
 }

@@ -15,13 +15,15 @@
 
 #![warn(missing_docs)]
 
+pub mod fault;
 pub mod object;
 pub mod segment;
 pub mod ssd;
 
-pub use object::{ObjectConfig, ObjectError, ObjectStats, ObjectTier, SegmentLoc};
+pub use fault::{FaultKind, FaultPlan, Op, Rule};
+pub use object::{FaultyObjectStore, ObjectConfig, ObjectError, ObjectStats, ObjectTier, SegmentLoc};
 pub use segment::SegmentError;
-pub use ssd::{SlotId, SsdConfig, SsdError, SsdStats, SsdStore};
+pub use ssd::{FaultyIo, RealIo, SlotId, SlotIo, SsdConfig, SsdError, SsdStats, SsdStore};
 pub use vmtier_uffd::PAGE_SIZE;
 
 // Both tiers are shared between the engine's threads.

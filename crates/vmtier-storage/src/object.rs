@@ -41,7 +41,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use vmtier_uffd::PAGE_SIZE;
 
+use crate::fault::FaultPlan;
 use crate::segment::{self, SegmentError};
+
+mod faulty;
+pub use faulty::FaultyObjectStore;
 
 /// Where a page lives in tier 3: segment id and page index inside the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -399,7 +403,15 @@ impl ObjectTier {
     /// Opens tier 3 at `cfg.url` and deletes the segments an earlier run left under its prefix
     /// (the tier is volatile and starts empty).
     pub fn open(cfg: ObjectConfig) -> Result<Self, ObjectError> {
-        let tier = Self::connect(cfg)?;
+        let tier = Self::connect(cfg, None)?;
+        tier.clear()?;
+        Ok(tier)
+    }
+
+    /// [`open`](Self::open), with every request going through a [`FaultyObjectStore`] that
+    /// injects the faults of `plan` (fault-injection tests; the tier's own code is unchanged).
+    pub fn open_with_faults(cfg: ObjectConfig, plan: Arc<FaultPlan>) -> Result<Self, ObjectError> {
+        let tier = Self::connect(cfg, Some(plan))?;
         tier.clear()?;
         Ok(tier)
     }
@@ -408,21 +420,24 @@ impl ObjectTier {
     /// the primary's segments: nothing is deleted, and only [`read`](Self::read) and
     /// [`read_many`](Self::read_many) are meaningful (this handle knows no segments of its own).
     pub fn open_reader(cfg: ObjectConfig) -> Result<Self, ObjectError> {
-        Self::connect(cfg)
+        Self::connect(cfg, None)
     }
 
     /// Deletes every segment directly under `cfg.url`'s prefix: how a primary reclaims the tier 3
     /// of an earlier epoch once nothing references it. Other objects are left alone.
     pub fn remove_all(cfg: ObjectConfig) -> Result<(), ObjectError> {
-        Self::connect(cfg)?.clear()
+        Self::connect(cfg, None)?.clear()
     }
 
-    fn connect(cfg: ObjectConfig) -> Result<Self, ObjectError> {
+    fn connect(cfg: ObjectConfig, faults: Option<Arc<FaultPlan>>) -> Result<Self, ObjectError> {
         cfg.validate()?;
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(ObjectError::InsideRuntime);
         }
-        let (store, prefix) = parse_store(&cfg)?;
+        let (mut store, prefix) = parse_store(&cfg)?;
+        if let Some(plan) = faults {
+            store = Arc::new(FaultyObjectStore::new(store, plan));
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("vmtier-tier3")

@@ -44,7 +44,118 @@ use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use vmtier_uffd::{AlignedBuf, PAGE_SIZE};
 
+use crate::fault::{FaultKind, FaultPlan, Op};
+
 const PAGE: u64 = PAGE_SIZE as u64;
+
+/// The system calls tier 2 makes on a slot file, as a hook under the real store code. The store
+/// uses them only when opened with [`SsdStore::open_with_io`]; see [`FaultyIo`].
+pub trait SlotIo: Send + Sync + std::fmt::Debug {
+    /// Reads exactly `buf.len()` bytes at `offset` (`pread` until done).
+    fn read_exact_at(&self, file: &File, path: &Path, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` (`pwrite` until done).
+    fn write_all_at(&self, file: &File, path: &Path, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// `fdatasync`.
+    fn sync_data(&self, file: &File, path: &Path) -> io::Result<()>;
+}
+
+/// The real system calls, as a [`SlotIo`] (what a store without a hook does directly).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealIo;
+
+impl SlotIo for RealIo {
+    fn read_exact_at(&self, file: &File, _: &Path, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        file.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, file: &File, _: &Path, buf: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+    fn sync_data(&self, file: &File, _: &Path) -> io::Result<()> {
+        file.sync_data()
+    }
+}
+
+/// A [`SlotIo`] that runs the real system calls but injects the faults of a [`FaultPlan`]
+/// (operations [`Op::Read`], [`Op::Write`], [`Op::Sync`]; the key is the slot file's path):
+///
+/// | fault              | read                                  | write                                        |
+/// |--------------------|---------------------------------------|----------------------------------------------|
+/// | `Eio`              | `EIO`, nothing read                   | `EIO`, nothing written                       |
+/// | `Enospc`           | (as `Eio`)                            | `ENOSPC`, nothing written                    |
+/// | `ShortWrite`       | (as `Eio`)                            | the first half (512-byte aligned) written, then `ENOSPC` |
+/// | `EioAfter`         | read, then `EIO`                      | written, then `EIO`                          |
+/// | `Delay(d)`         | sleeps `d`, then reads                | sleeps `d`, then writes                      |
+/// | `FlipBit`          | reads, then flips one bit of the data | writes the data with one bit flipped, returns `Ok` |
+#[derive(Debug, Clone)]
+pub struct FaultyIo {
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyIo {
+    /// Injects the faults of `plan`.
+    pub fn new(plan: Arc<FaultPlan>) -> Self {
+        Self { plan }
+    }
+}
+
+impl SlotIo for FaultyIo {
+    fn read_exact_at(&self, file: &File, path: &Path, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let Some(f) = self.plan.check(Op::Read, &path.to_string_lossy()) else {
+            return file.read_exact_at(buf, offset);
+        };
+        match f.kind {
+            FaultKind::Delay(_) => {
+                f.delay();
+                file.read_exact_at(buf, offset)
+            }
+            FaultKind::FlipBit => {
+                file.read_exact_at(buf, offset)?;
+                f.flip(buf);
+                Ok(())
+            }
+            FaultKind::EioAfter => file.read_exact_at(buf, offset).and(Err(f.io_error())),
+            FaultKind::Eio | FaultKind::Enospc | FaultKind::ShortWrite => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    fn write_all_at(&self, file: &File, path: &Path, buf: &[u8], offset: u64) -> io::Result<()> {
+        let Some(f) = self.plan.check(Op::Write, &path.to_string_lossy()) else {
+            return file.write_all_at(buf, offset);
+        };
+        match f.kind {
+            FaultKind::Delay(_) => {
+                f.delay();
+                file.write_all_at(buf, offset)
+            }
+            FaultKind::FlipBit => {
+                // An aligned copy: the file may be open with O_DIRECT.
+                let mut copy = AlignedBuf::zeroed(buf.len().max(PAGE_SIZE));
+                copy[..buf.len()].copy_from_slice(buf);
+                f.flip(&mut copy[..buf.len()]);
+                file.write_all_at(&copy[..buf.len()], offset)
+            }
+            FaultKind::ShortWrite => {
+                let half = (buf.len() / 2) & !511;
+                file.write_all_at(&buf[..half], offset)?;
+                Err(f.io_error())
+            }
+            FaultKind::EioAfter => file.write_all_at(buf, offset).and(Err(f.io_error())),
+            FaultKind::Eio | FaultKind::Enospc => Err(f.io_error()),
+        }
+    }
+
+    fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
+        match self.plan.check(Op::Sync, &path.to_string_lossy()) {
+            None | Some(crate::fault::Fault { kind: FaultKind::FlipBit, .. }) => file.sync_data(),
+            Some(f @ crate::fault::Fault { kind: FaultKind::Delay(_), .. }) => {
+                f.delay();
+                file.sync_data()
+            }
+            Some(f @ crate::fault::Fault { kind: FaultKind::EioAfter, .. }) => file.sync_data().and(Err(f.io_error())),
+            Some(f) => Err(f.io_error()),
+        }
+    }
+}
 
 /// A slot in the store: `file index * slots_per_file + slot index within the file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -300,6 +411,8 @@ pub struct SsdStore {
     alloc: Mutex<AllocState>,
     /// Opened with [`open_reader`](Self::open_reader): another process's store, read only.
     reader: bool,
+    /// The I/O hook of [`open_with_io`](Self::open_with_io); `None`: direct system calls.
+    io: Option<Arc<dyn SlotIo>>,
 }
 
 impl SsdStore {
@@ -307,6 +420,16 @@ impl SsdStore {
     /// earlier run left there (the store is volatile) and, with `direct_io`, checks that the file
     /// system accepts `O_DIRECT`.
     pub fn open(cfg: SsdConfig) -> Result<Self, SsdError> {
+        Self::open_inner(cfg, None)
+    }
+
+    /// [`open`](Self::open), with every page read, page write and sync of a slot file made
+    /// through `io` instead of directly (fault injection: [`FaultyIo`]).
+    pub fn open_with_io(cfg: SsdConfig, io: Arc<dyn SlotIo>) -> Result<Self, SsdError> {
+        Self::open_inner(cfg, Some(io))
+    }
+
+    fn open_inner(cfg: SsdConfig, io: Option<Arc<dyn SlotIo>>) -> Result<Self, SsdError> {
         if cfg.slots_per_file == 0 || cfg.slots_per_file > (1 << 24) {
             return Err(SsdError::Config {
                 reason: format!("slots_per_file = {} must be in 1..=16777216", cfg.slots_per_file),
@@ -325,7 +448,7 @@ impl SsdStore {
             }
         }
         let store =
-            Self { cfg, files: RwLock::new(Vec::new()), alloc: Mutex::new(AllocState::default()), reader: false };
+            Self { cfg, files: RwLock::new(Vec::new()), alloc: Mutex::new(AllocState::default()), reader: false, io };
         if store.cfg.direct_io {
             let probe = store.cfg.dir.join(".direct-io-probe");
             let f = store.open_file(&probe);
@@ -346,7 +469,13 @@ impl SsdStore {
             });
         }
         std::fs::read_dir(&cfg.dir).map_err(|source| SsdError::OpenDir { dir: cfg.dir.clone(), source })?;
-        Ok(Self { cfg, files: RwLock::new(Vec::new()), alloc: Mutex::new(AllocState::default()), reader: true })
+        Ok(Self {
+            cfg,
+            files: RwLock::new(Vec::new()),
+            alloc: Mutex::new(AllocState::default()),
+            reader: true,
+            io: None,
+        })
     }
 
     /// Opens, read-only, the slot files of a reader up to file `index`.
@@ -397,6 +526,24 @@ impl SsdStore {
     /// The configuration the store was opened with.
     pub fn config(&self) -> &SsdConfig {
         &self.cfg
+    }
+
+    /// `pread` of a whole buffer, through the hook if there is one.
+    #[inline]
+    fn pread(&self, f: &SlotFile, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match &self.io {
+            None => f.file.read_exact_at(buf, offset),
+            Some(io) => io.read_exact_at(&f.file, &f.path, buf, offset),
+        }
+    }
+
+    /// `pwrite` of a whole buffer, through the hook if there is one.
+    #[inline]
+    fn pwrite(&self, f: &SlotFile, buf: &[u8], offset: u64) -> io::Result<()> {
+        match &self.io {
+            None => f.file.write_all_at(buf, offset),
+            Some(io) => io.write_all_at(&f.file, &f.path, buf, offset),
+        }
     }
 
     fn open_file(&self, path: &Path) -> Result<File, SsdError> {
@@ -539,7 +686,7 @@ impl SsdStore {
                 j += 1;
             }
             let (f, offset) = self.locate(slots[i])?;
-            f.file.write_all_at(&data[i * PAGE_SIZE..j * PAGE_SIZE], offset).map_err(|source| SsdError::Write {
+            self.pwrite(&f, &data[i * PAGE_SIZE..j * PAGE_SIZE], offset).map_err(|source| SsdError::Write {
                 slot: slots[i],
                 file: f.path.clone(),
                 offset,
@@ -568,7 +715,7 @@ impl SsdStore {
         } else {
             page
         };
-        f.file.write_all_at(data, offset).map_err(|source| SsdError::Write {
+        self.pwrite(&f, data, offset).map_err(|source| SsdError::Write {
             slot,
             file: f.path.clone(),
             offset,
@@ -602,10 +749,10 @@ impl SsdStore {
         let read_err = |source| SsdError::Read { slot, file: f.path.clone(), offset, source };
         if self.cfg.direct_io && !(out.as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
             let mut b = AlignedBuf::zeroed(PAGE_SIZE);
-            f.file.read_exact_at(&mut b, offset).map_err(read_err)?;
+            self.pread(&f, &mut b, offset).map_err(read_err)?;
             out.copy_from_slice(&b);
         } else {
-            f.file.read_exact_at(out, offset).map_err(read_err)?;
+            self.pread(&f, out, offset).map_err(read_err)?;
         }
         let actual = crc32c::crc32c(out);
         if actual != expected_crc {
@@ -645,10 +792,10 @@ impl SsdStore {
         let read_err = |source| SsdError::Read { slot: first, file: f.path.clone(), offset, source };
         if self.cfg.direct_io && !(out.as_ptr() as usize).is_multiple_of(PAGE_SIZE) {
             let mut b = AlignedBuf::zeroed(out.len());
-            f.file.read_exact_at(&mut b, offset).map_err(read_err)?;
+            self.pread(&f, &mut b, offset).map_err(read_err)?;
             out.copy_from_slice(&b);
         } else {
-            f.file.read_exact_at(out, offset).map_err(read_err)?;
+            self.pread(&f, out, offset).map_err(read_err)?;
         }
         for (i, (page, want)) in out.chunks_exact(PAGE_SIZE).zip(expected).enumerate() {
             let Some(expected) = *want else { continue };
@@ -770,7 +917,11 @@ impl SsdStore {
     pub fn sync(&self) -> Result<(), SsdError> {
         let files: Vec<Arc<SlotFile>> = self.files.read().clone();
         for f in &files {
-            f.file.sync_data().map_err(|source| SsdError::Sync { file: f.path.clone(), source })?;
+            let synced = match &self.io {
+                None => f.file.sync_data(),
+                Some(io) => io.sync_data(&f.file, &f.path),
+            };
+            synced.map_err(|source| SsdError::Sync { file: f.path.clone(), source })?;
         }
         Ok(())
     }

@@ -25,10 +25,11 @@ pub const BUCKET: &str = "vmtier-test";
 
 /// An `s3s-fs` server on a free loopback port, killed on drop.
 pub struct S3Server {
-    child: Child,
+    child: Option<Child>,
     /// The port it listens on.
     pub port: u16,
     root: tempfile::TempDir,
+    bin: PathBuf,
 }
 
 /// The `s3s-fs` binary: `$VMTIER_S3S_FS`, else `s3s-fs` in `PATH` or `~/.cargo/bin`.
@@ -50,21 +51,40 @@ impl S3Server {
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(root.path().join(BUCKET)).expect("create bucket directory");
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut server = Self { child: None, port, root, bin: bin.to_path_buf() };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
+            .arg(self.root.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let server = Self { child, port, root };
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port} within 20 s");
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {} within 20 s", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
+    }
+
+    /// Stops the server (kills it); its objects stay on disk for [`restart`](Self::restart).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port over the same objects.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     /// Starts the server for test `test`, or returns `None` (after saying so) if `s3s-fs` is
@@ -103,7 +123,6 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
