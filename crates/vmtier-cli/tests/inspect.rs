@@ -249,7 +249,7 @@ fn forged_tier2_page_with_a_matching_crc_fails_authentication() {
     let reader = SsdStore::open_reader(cfg).unwrap();
     let (file, offset) = reader.file_path(SlotId(slot));
     let mut forged = vec![0xEEu8; 4096];
-    common::force_crc32c(&mut forged, crc);
+    vmtier_storage::fault::force_crc32c(&mut forged, crc);
     assert_eq!(crc32c::crc32c(&forged), crc, "the forgery matches the crc");
     std::fs::OpenOptions::new().write(true).open(&file).unwrap().write_all_at(&forged, offset).unwrap();
     let v = json(&f.inspect(&[]), 1);

@@ -252,7 +252,7 @@ fn forge_checkpoint_pages(dir: &Path) -> usize {
         for (i, b) in page.iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(37) ^ 0xA5;
         }
-        common::force_crc32c(&mut page, e.crc);
+        vmtier_storage::fault::force_crc32c(&mut page, e.crc);
         let f = std::fs::OpenOptions::new().write(true).open(&file).expect("slot file");
         std::os::unix::fs::FileExt::write_all_at(&f, &page, u64::from(slot % spf) * 4096).expect("forge");
         forged += 1;

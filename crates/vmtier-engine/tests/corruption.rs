@@ -135,42 +135,6 @@ impl vmtier_engine::PageAuth for TestAuth {
     }
 }
 
-/// Rewrites the last 4 bytes of `data` so that its crc32c is `want` (crc32c is affine in its
-/// input bits, so anyone can).
-fn force_crc32c(data: &mut [u8], want: u32) {
-    let n = data.len();
-    data[n - 4..].fill(0);
-    let base = crc32c::crc32c(data);
-    let cols: Vec<u32> = (0..32)
-        .map(|i| {
-            data[n - 4 + i / 8] ^= 1 << (i % 8);
-            let c = crc32c::crc32c(data) ^ base;
-            data[n - 4 + i / 8] ^= 1 << (i % 8);
-            c
-        })
-        .collect();
-    // Brute force over GF(2): Gaussian elimination on the 32 x 32 system cols · x = want ^ base.
-    let mut rows: Vec<(u32, bool)> = (0..32)
-        .map(|r| ((0..32).fold(0u32, |m, i| m | (((cols[i] >> r) & 1) << i)), ((want ^ base) >> r) & 1 == 1))
-        .collect();
-    let mut pivots = Vec::new();
-    for col in 0..32 {
-        let k = pivots.len();
-        let Some(p) = (k..32).find(|&r| rows[r].0 >> col & 1 == 1) else { continue };
-        rows.swap(k, p);
-        for r in 0..32 {
-            if r != k && rows[r].0 >> col & 1 == 1 {
-                rows[r].0 ^= rows[k].0;
-                rows[r].1 ^= rows[k].1;
-            }
-        }
-        pivots.push(col);
-    }
-    let x = pivots.iter().enumerate().filter(|(r, _)| rows[*r].1).fold(0u32, |x, (_, &c)| x | 1 << c);
-    data[n - 4..].copy_from_slice(&x.to_le_bytes());
-    assert_eq!(crc32c::crc32c(data), want);
-}
-
 /// Replaces `file` at `offset` with a page of other bytes but the same crc32c as what is there.
 fn forge_page(file: &std::path::Path, offset: u64) {
     use std::os::unix::fs::FileExt;
@@ -178,7 +142,7 @@ fn forge_page(file: &std::path::Path, offset: u64) {
     let mut old = vec![0u8; 4096];
     f.read_exact_at(&mut old, offset).unwrap();
     let mut forged: Vec<u8> = old.iter().map(|b| b ^ 0x5a).collect();
-    force_crc32c(&mut forged, crc32c::crc32c(&old));
+    vmtier_storage::fault::force_crc32c(&mut forged, crc32c::crc32c(&old));
     f.write_all_at(&forged, offset).unwrap();
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use vmtier_engine::page_table::POISONED;
 use vmtier_engine::{Engine, EngineConfig, StorageIo, Tier};
-use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule};
+use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule, SmallTmpfs};
 use vmtier_storage::ssd::FaultyIo;
 
 use common::{check_page, config, page_bytes, read_host, with_deadline, write_page};
@@ -287,22 +287,11 @@ fn a_full_tier2_under_the_mtm() {
 #[test]
 fn a_really_full_tier2_file_system_stops_demotions_cleanly() {
     let mount = tempfile::tempdir().expect("tempdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED a_really_full_tier2_file_system_stops_demotions_cleanly: cannot mount a tmpfs (needs root)");
+    let Some(_tmpfs) =
+        SmallTmpfs::mount(mount.path(), "512k", "a_really_full_tier2_file_system_stops_demotions_cleanly")
+    else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.path().to_path_buf());
+    };
     let pages = 8 * DRAM_PAGES as usize;
     let (mut cfg, dir) = config(pages as u64, DRAM_PAGES);
     cfg.tier2.dir = mount.path().join("tier2");

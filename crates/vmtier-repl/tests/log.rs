@@ -18,7 +18,7 @@ use vmtier_repl::{
     PageLoc, Record, RecordError, ReplicaMap, map_digest, read_heartbeat,
 };
 
-use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule};
+use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule, SmallTmpfs};
 
 use crate::s3::S3Server;
 
@@ -910,22 +910,9 @@ fn record_bit_flips_on_directory() {
 #[test]
 fn commits_on_a_full_file_system_stop_cleanly() {
     let mount = tempfile::tempdir().expect("tempdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED commits_on_a_full_file_system_stop_cleanly: cannot mount a tmpfs (needs root)");
+    let Some(_tmpfs) = SmallTmpfs::mount(mount.path(), "256k", "commits_on_a_full_file_system_stop_cleanly") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.path().to_path_buf());
+    };
     let store: Arc<dyn SharedStore> = Arc::new(DirStore::open(mount.path().join("log")).expect("open"));
     let mut w = LogWriter::claim(store.clone(), key(), "a").expect("claim");
     let mut model = Model::new();

@@ -309,3 +309,82 @@ mod tests {
         assert_eq!(d[i].count_ones(), 1);
     }
 }
+
+/// A really full file system for tests: a small tmpfs mounted on a directory the caller owns
+/// (usually a fresh temporary one), unmounted (lazily) when dropped, even by a failing test.
+#[derive(Debug)]
+pub struct SmallTmpfs {
+    path: std::path::PathBuf,
+}
+
+impl SmallTmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `"512k"`) on `path`. `None`, after
+    /// printing `SKIPPED <test>: …` on stderr, if this process may not mount (it needs root).
+    pub fn mount(path: &std::path::Path, size: &str, test: &str) -> Option<Self> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs (needs root)");
+        }
+        ok.then(|| Self { path: path.to_path_buf() })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Rewrites the last 4 bytes of `data` so that its crc32c becomes `want`: what anyone who can
+/// write shared storage can do, since crc32c is affine over GF(2) in its input bits. Tests use it
+/// to forge pages and records that pass every checksum, so that only a keyed MAC can tell.
+pub fn force_crc32c(data: &mut [u8], want: u32) {
+    let n = data.len();
+    assert!(n >= 4, "force_crc32c needs at least 4 bytes to rewrite");
+    data[n - 4..].fill(0);
+    let base = crc32c::crc32c(data);
+    // Column i: how flipping bit i of the tail changes the crc.
+    let cols: Vec<u32> = (0..32)
+        .map(|i| {
+            data[n - 4 + i / 8] ^= 1 << (i % 8);
+            let c = crc32c::crc32c(data) ^ base;
+            data[n - 4 + i / 8] ^= 1 << (i % 8);
+            c
+        })
+        .collect();
+    // Solve cols · x = want ^ base by Gaussian elimination (rows: crc bits).
+    let target = want ^ base;
+    let mut rows: Vec<(u32, bool)> =
+        (0..32).map(|r| ((0..32).fold(0u32, |m, i| m | (((cols[i] >> r) & 1) << i)), (target >> r) & 1 == 1)).collect();
+    let mut pivot_row = 0;
+    let mut pivots = Vec::new();
+    for col in 0..32 {
+        let Some(p) = (pivot_row..32).find(|&r| rows[r].0 >> col & 1 == 1) else { continue };
+        rows.swap(pivot_row, p);
+        for r in 0..32 {
+            if r != pivot_row && rows[r].0 >> col & 1 == 1 {
+                rows[r].0 ^= rows[pivot_row].0;
+                rows[r].1 ^= rows[pivot_row].1;
+            }
+        }
+        pivots.push(col);
+        pivot_row += 1;
+    }
+    let mut x = 0u32;
+    for (r, &col) in pivots.iter().enumerate() {
+        if rows[r].1 {
+            x |= 1 << col;
+        }
+    }
+    data[n - 4..].copy_from_slice(&x.to_le_bytes());
+    assert_eq!(crc32c::crc32c(data), want, "crc32c forcing failed");
+}

@@ -6,12 +6,10 @@
 #[path = "common/s3.rs"]
 mod s3;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule};
+use vmtier_storage::fault::{FaultKind, FaultPlan, Op, Rule, SmallTmpfs};
 use vmtier_storage::object::{ObjectConfig, ObjectError, ObjectTier};
 use vmtier_storage::ssd::{FaultyIo, SlotId, SsdConfig, SsdError, SsdStore};
 use vmtier_uffd::{AlignedBuf, PAGE_SIZE};
@@ -181,48 +179,18 @@ fn tier2_sync_error_and_latency_spike() {
     assert_eq!(&out[..], &page(1)[..]);
 }
 
-/// A small tmpfs, unmounted on drop.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    /// Mounts a tmpfs of `size` (e.g. `"1m"`), or `None` if this process may not mount.
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
-
-fn mount_or_skip(test: &str) -> Option<SmallFs> {
-    let fs = SmallFs::mount("1m");
-    if fs.is_none() {
-        // Mounting needs root (CI and developer machines run as root); say so loudly.
-        eprintln!("SKIPPED {test}: cannot mount a tmpfs (needs root)");
-    }
-    fs
+/// A 1 MiB tmpfs on a fresh directory, or `None` (after saying SKIPPED) without root.
+fn mount_or_skip(test: &str) -> Option<(tempfile::TempDir, SmallTmpfs)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = SmallTmpfs::mount(dir.path(), "1m", test)?;
+    Some((dir, fs))
 }
 
 /// A store on a really full file system: writes fail with ENOSPC, what was written before stays
 /// readable, and once slots are freed and `shrink` returns their space, writes work again.
 #[test]
 fn tier2_on_a_full_file_system_stops_cleanly_and_recovers() {
-    let Some(fs) = mount_or_skip("tier2_on_a_full_file_system_stops_cleanly_and_recovers") else {
+    let Some((_dir, fs)) = mount_or_skip("tier2_on_a_full_file_system_stops_cleanly_and_recovers") else {
         return;
     };
     let mut cfg = SsdConfig::new(fs.path().join("ssd"));
