@@ -24,7 +24,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -34,9 +34,10 @@ use vmtier_vm::{GuestSpec, GuestWorkload, Start};
 use vmtier_workload::{Phase, Progress};
 
 use crate::bench_common::{median, print_table};
+use crate::ha::fill::FillReport;
 use crate::ha::follower::{Follower, Strategy};
 use crate::ha::primary::{Cadence, ServeOptions, serve};
-use crate::ha::{Layout, holder_name};
+use crate::ha::{Layout, SharedPages, holder_name};
 use crate::run_config::RunConfig;
 
 /// Accesses between the guest's progress reports: a few milliseconds apart even at the
@@ -105,8 +106,11 @@ pub struct Row {
     pub resume_s: f64,
     /// Pages faulted in from shared storage after resume (MISSING faults).
     pub faults_after: u64,
-    /// Bytes read from shared storage: before resume (the strategy's reads) and after.
+    /// Bytes read from shared storage: before resume (the strategy's reads) and after (demand
+    /// faults and, for `warm`, the background fill).
     pub bytes_read: u64,
+    /// `warm`: pages the background fill installed after resume before the guest touched them.
+    pub filled_pages: usize,
     /// DRAM the secondary held for this guest before the failure.
     pub secondary_dram_bytes: u64,
     /// Pages resident when the guest resumed.
@@ -332,7 +336,10 @@ fn one_failover(
         let engine = Engine::start_inherited(layout.engine_for(new_epoch, None), take.inheritance)
             .context("starting the new primary's engine")?;
         let resume_s = started.elapsed().as_secs_f64();
-        let samples = resume(&engine, &spec, take.state, writer, follower.map(), &cadence, &store, secs(args.after_s))?;
+        let pages = SharedPages::new(layout.clone());
+        let fill = (!take.fill.is_empty()).then_some((&pages, &take.fill[..]));
+        let (samples, filled) =
+            resume(&engine, &spec, take.state, writer, follower.map(), &cadence, &store, fill, secs(args.after_s))?;
         let snap = engine.shutdown();
         let _ = std::fs::remove_dir_all(layout.tier2_dir(new_epoch));
         let (first, t90, last_rate) = figures(&samples, started, pre_rate, Duration::from_millis(args.window_ms));
@@ -351,7 +358,8 @@ fn one_failover(
             time_to_90pct_s: t90,
             resume_s,
             faults_after: snap.faults,
-            bytes_read: pre_read + snap.bytes_read,
+            bytes_read: pre_read + snap.bytes_read + filled.bytes_read,
+            filled_pages: filled.installed,
             secondary_dram_bytes: dram_before,
             resident_pages_at_resume: resident,
             mapped_bytes: (follower.map().len() * PAGE_SIZE) as u64,
@@ -380,12 +388,15 @@ fn resume(
     inherited: &vmtier_repl::ReplicaMap,
     cadence: &Cadence,
     store: &std::sync::Arc<dyn vmtier_repl::SharedStore>,
+    fill: Option<(&SharedPages, &[vmtier_repl::PageLoc])>,
     after: Duration,
-) -> anyhow::Result<Vec<(Instant, u64)>> {
+) -> anyhow::Result<(Vec<(Instant, u64)>, FillReport)> {
     let progress = Progress::new();
     let start = Instant::now();
     let key = writer.key().clone();
+    let stop_fill = AtomicBool::new(false);
     std::thread::scope(|s| {
+        let filler = fill.map(|(pages, plan)| s.spawn(|| crate::ha::fill::run(engine, pages, plan, &stop_fill)));
         let primary = s.spawn(|| {
             serve(
                 engine,
@@ -402,13 +413,18 @@ fn resume(
             samples.push((Instant::now(), progress.done.load(Ordering::Relaxed)));
             std::thread::sleep(Duration::from_millis(1));
         }
+        stop_fill.store(true, Ordering::Relaxed);
+        let filled = match filler {
+            Some(f) => f.join().map_err(|_| anyhow::anyhow!("the background fill thread panicked"))?,
+            None => FillReport::default(),
+        };
         let stopper = vmtier_repl::LogWriter::claim(store.clone(), &key, &holder_name());
         let served = primary.join().map_err(|_| anyhow::anyhow!("the new primary's thread panicked"))??;
         stopper.context("claiming the log to stop the new primary")?;
         if served.replication.fenced.is_none() {
             bail!("the resumed guest stopped before the measurement window ended: {:?}", served.failure);
         }
-        Ok(samples)
+        Ok((samples, filled))
     })
 }
 

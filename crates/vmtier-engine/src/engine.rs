@@ -23,7 +23,7 @@ use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
 use crate::prefetch::worker::Prefetch;
 use crate::replica::{Capture, DeltaPage, ReplTrack, lock_page};
-use crate::stats::LatencyUs;
+use crate::stats::{LatencyUs, add};
 use crate::tracker::{AccessEvent, Tracker};
 
 /// userfaultfd features the engine needs (all present since Linux 5.19; WP on shmem since 5.19,
@@ -389,6 +389,46 @@ impl Engine {
         self.pager.read_home(page, &v, &mut buf)?;
         out.copy_from_slice(&buf);
         Ok(())
+    }
+
+    /// Installs inherited pages whose committed contents the caller has already read (and
+    /// checked) in bulk — a new primary filling in, behind the resumed guest, the pages its warm
+    /// set lacked — as prefetched pages: written into guest memory unmapped, so the guest's first
+    /// touch is a MINOR fault served in microseconds instead of a read from shared storage.
+    ///
+    /// `pages[i]`'s contents are `data[i * 4096..]`. A page is installed only if it is still an
+    /// inherited page that is not resident, not poisoned and not being faulted on (its copy on
+    /// shared storage is then exactly what the caller read: only the guest changes it, and only
+    /// once it is resident). Takes free DRAM frames only, beyond the headroom kept for faults
+    /// (`mtm.headroom_pages`) — it never evicts a page for one.
+    /// Returns how many were installed, and whether DRAM ran out of free frames.
+    pub fn install_inherited(&self, pages: &[u32], data: &[u8]) -> Result<(usize, bool), EngineError> {
+        assert_eq!(data.len(), pages.len() * PAGE_SIZE, "install_inherited: one page of data per page");
+        let p = &self.pager;
+        let mut installed = 0;
+        for (i, &page) in pages.iter().enumerate() {
+            let page = page as usize;
+            self.check(page)?;
+            let Some(g) = p.table.get(page).try_lock() else { continue };
+            let v = g.view();
+            if v.resident() || v.home() != Home::Inherited || v.word & crate::page_table::POISONED != 0 {
+                continue;
+            }
+            // The headroom stays free for the guest's own faults.
+            if p.budget.free() <= p.headroom || !p.budget.try_reserve() {
+                add(&p.stats.prefetch_issued, installed as u64);
+                return Ok((installed, true));
+            }
+            if let Err(e) = p.write_page_cache(page, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+                p.budget.release(1);
+                add(&p.stats.prefetch_issued, installed as u64);
+                return Err(e);
+            }
+            g.set(RESIDENT | crate::page_table::PREFETCHED);
+            installed += 1;
+        }
+        add(&p.stats.prefetch_issued, installed as u64);
+        Ok((installed, false))
     }
 
     /// Moves one page by hand (tests, tools): `Dram` promotes it, `Ssd` evicts it to tier 2 (or

@@ -112,7 +112,7 @@ pub struct Pager {
     /// Most pages one tier-2 fault installs (neighbours in consecutive slots), 1 = off.
     fault_around: usize,
     /// Free frames the MTM keeps; fault-around never eats into them.
-    headroom: usize,
+    pub(crate) headroom: usize,
     /// The background reclaimer's thread, to wake it (set when it starts).
     reclaimer: OnceLock<std::thread::Thread>,
     /// Change tracking for checkpoint replication, when it is on.

@@ -490,6 +490,66 @@ fn failover_starts_from_the_committed_checkpoint() {
     assert!(delta.iter().any(|d| d.home == Home::Inherited));
 }
 
+/// The new primary's background fill: inherited pages installed in bulk behind the guest are
+/// read by it with MINOR faults (no tier read), with the checkpoint's contents; pages that are not
+/// inherited, already resident or beyond the free DRAM are left alone.
+#[test]
+fn inherited_pages_installed_in_bulk_are_served_without_reads() {
+    const PAGES: usize = 128;
+    let (cfg, _dir) = replicating(PAGES as u64, 128);
+    let primary = Engine::start(cfg.clone()).expect("start primary");
+    let mem = primary.guest_words();
+    for p in 0..100 {
+        write_page(mem, p, 5);
+    }
+    let mut map = ReplicaMap::new();
+    apply(&mut map, &checkpoint(&primary, true));
+    drop(primary);
+    let stored: Vec<u32> = map.iter().filter(|(_, (h, _))| *h != Home::Zero).map(|(&p, _)| p).collect();
+    let source = Inherited { cfg: cfg.clone(), map: map.clone() };
+    let memfd = Memfd::create("warm", cfg.memory.0).expect("memfd");
+    let warm: Vec<(u32, u8)> = (0..10).map(|p| (p, 90)).collect();
+    for &(p, _) in &warm {
+        let mut buf = vec![0u8; PAGE_SIZE];
+        source.read(u64::from(p), &mut buf).expect("read warm page");
+        memfd.write_at(&buf, p as u64 * PAGE_SIZE as u64).expect("fill warm page");
+    }
+    // 64 frames of DRAM, 8 of them headroom: room for 46 more pages beside the 10 warm ones.
+    let (mut cfg2, _dir2) = replicating(PAGES as u64, 64);
+    cfg2.mtm.headroom_pages = 8;
+    let inh = Inheritance { memfd, warm, stored, source: std::sync::Arc::new(Inherited { cfg, map }) };
+    let engine = Engine::start_inherited(cfg2, inh).expect("start inherited");
+    // Pages 0..10 are warm (resident), 100.. were never written (zero, not inherited).
+    let want: Vec<u32> = (0..PAGES as u32).collect();
+    let mut data = vec![0u8; want.len() * PAGE_SIZE];
+    for (i, &p) in want.iter().enumerate() {
+        if (10..100).contains(&p) {
+            data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(&page_bytes(p as usize, 5));
+        }
+    }
+    let (installed, out_of_frames) = engine.install_inherited(&want, &data).expect("install");
+    assert_eq!(installed, 64 - 8 - 10, "free frames beyond the headroom, and only inherited pages");
+    assert!(out_of_frames);
+    let s = engine.snapshot();
+    assert_eq!(s.bytes_read, 0, "installing read nothing itself");
+    assert!(engine.page(105).unwrap().home() == Home::Zero && !engine.page(105).unwrap().resident());
+    let mem = engine.guest_words();
+    for p in 10..10 + installed {
+        check_page(mem, p, 5);
+    }
+    let s = engine.snapshot();
+    assert_eq!((s.faults, s.bytes_read), (0, 0), "installed pages were read from storage again");
+    assert_eq!(s.prefetch_used, installed as u64, "each installed page's first touch was a MINOR fault");
+    // The first write of an installed page is still seen (it was mapped write-protected).
+    write_page(mem, 20, 6);
+    assert!(engine.page(20).unwrap().dirty());
+    // The rest come from the inherited store on demand, as before.
+    for p in 10 + installed..100 {
+        check_page(mem, p, 5);
+    }
+    assert!(engine.snapshot().peak_resident_bytes <= 64 * PAGE_SIZE as u64);
+}
+
 /// The access statistics replication ships: the hottest pages first, bounded, only pages seen.
 #[test]
 fn heat_lists_the_hottest_observed_pages() {

@@ -167,6 +167,9 @@ pub struct Takeover {
     pub resident_pages: usize,
     /// Bytes this strategy read from shared storage to get them (for `warm`: while following).
     pub bytes_read: u64,
+    /// `warm` only: the pages the new primary reads in the background after resuming
+    /// ([`fill`](super::fill)), in order.
+    pub fill: Vec<PageLoc>,
 }
 
 impl Follower {
@@ -358,12 +361,16 @@ impl Follower {
             }
         };
         let resident_pages = warm.len();
+        let fill = match strategy {
+            Strategy::Warm => super::fill::plan(map, &warm.iter().copied().collect()),
+            _ => Vec::new(),
+        };
         let inheritance = Inheritance {
             warm: warm.into_iter().map(|p| (p, freq.get(&p).copied().unwrap_or(50))).collect(),
             stored: map.iter().map(|(p, _, _)| p).collect(),
             memfd,
             source: Arc::new(InheritedMap { map: map.clone(), pages: SharedPages::new(self.layout.clone()) }),
         };
-        Ok(Takeover { inheritance, state, resident_pages, bytes_read })
+        Ok(Takeover { inheritance, state, resident_pages, bytes_read, fill })
     }
 }

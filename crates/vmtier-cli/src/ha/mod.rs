@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod control;
+pub mod fill;
 pub mod follower;
 pub mod primary;
 pub mod secondary;
@@ -128,12 +129,20 @@ pub struct SharedPages {
     layout: Layout,
     tier2: Mutex<HashMap<u64, Arc<SsdStore>>>,
     tier3: Mutex<HashMap<u64, Arc<ObjectTier>>>,
+    /// Copies refused for their tag so far (logged sparingly: a store of forged pages must not
+    /// flood the log; each caller gets its error regardless).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl SharedPages {
     /// A reader over `layout`'s tiers.
     pub fn new(layout: Layout) -> Self {
-        Self { layout, tier2: Mutex::new(HashMap::new()), tier3: Mutex::new(HashMap::new()) }
+        Self {
+            layout,
+            tier2: Mutex::new(HashMap::new()),
+            tier3: Mutex::new(HashMap::new()),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     fn tier2(&self, epoch: u64) -> std::io::Result<Arc<SsdStore>> {
@@ -170,7 +179,10 @@ impl SharedPages {
         if p.loc == Location::Zero || self.layout.key.verify_page(p.page, data, &p.tag) {
             return Ok(());
         }
-        tracing::error!(page = p.page, loc = %p.loc, "a stored page fails authentication: refused");
+        let n = self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n <= 8 || n.is_power_of_two() {
+            tracing::error!(page = p.page, loc = %p.loc, refused_so_far = n, "a stored page fails authentication: refused");
+        }
         Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(

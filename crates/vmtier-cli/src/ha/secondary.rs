@@ -12,6 +12,7 @@
 //! and resumes the VM from the last committed checkpoint's vCPU state — then replicates as the
 //! new primary.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,6 +24,7 @@ use vmtier_vm::Start;
 
 use super::Layout;
 use super::check::CheckLog;
+use super::fill::FillReport;
 use super::follower::{Follower, Strategy, Takeover};
 use super::primary::{Cadence, ServeOptions, Served};
 use crate::run_config::RunConfig;
@@ -134,7 +136,7 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         warm_bytes_read: follower.warm_bytes_read(),
         secondary_dram_bytes: (follower.warm_pages() * PAGE_SIZE) as u64,
     };
-    let Takeover { inheritance, state, .. } = follower.inherit(&Strategy::Warm)?;
+    let Takeover { inheritance, state, fill: fill_plan, .. } = follower.inherit(&Strategy::Warm)?;
     let engine_cfg = layout.engine_for(epoch, None);
     let engine = Engine::start_inherited(engine_cfg, inheritance).context("starting the new primary's engine")?;
     let report = FailoverReport { takeover_s: decided.elapsed().as_secs_f64(), ..report };
@@ -149,22 +151,31 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         );
     }
     let spec = cfg.workload.to_guest_spec()?;
-    let served = super::primary::serve(
-        &engine,
-        writer,
-        &spec,
-        Start::Resume(Box::new(state)),
-        Some(follower.map()),
-        &Cadence::from_config(cfg),
-        &ServeOptions { check_log: args.check_log.clone(), reclaim: Some(layout.clone()), progress: None },
-    )?;
-    print(&report, &served, args.json)?;
+    // Behind the resumed guest, read the pages the warm set lacks (hottest first) into free DRAM.
+    let pages = super::SharedPages::new(layout.clone());
+    let stop_fill = AtomicBool::new(false);
+    let (served, filled) = std::thread::scope(|s| {
+        let filler = s.spawn(|| super::fill::run(&engine, &pages, &fill_plan, &stop_fill));
+        let served = super::primary::serve(
+            &engine,
+            writer,
+            &spec,
+            Start::Resume(Box::new(state)),
+            Some(follower.map()),
+            &Cadence::from_config(cfg),
+            &ServeOptions { check_log: args.check_log.clone(), reclaim: Some(layout.clone()), progress: None },
+        );
+        stop_fill.store(true, Ordering::Relaxed);
+        (served, filler.join().unwrap_or_default())
+    });
+    let served = served?;
+    print(&report, &filled, &served, args.json)?;
     Ok(served.verified)
 }
 
-fn print(report: &FailoverReport, served: &Served, json_out: bool) -> anyhow::Result<()> {
+fn print(report: &FailoverReport, filled: &FillReport, served: &Served, json_out: bool) -> anyhow::Result<()> {
     if json_out {
-        let v = json!({ "failover": report, "after": served });
+        let v = json!({ "failover": report, "fill": filled, "after": served });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -182,6 +193,18 @@ fn print(report: &FailoverReport, served: &Served, json_out: bool) -> anyhow::Re
         report.warm_coverage * 100.0,
         served.engine.faults,
         served.engine.bytes_read as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  background fill: {} pages installed in {:.2} s ({:.1} MiB read{}{})",
+        filled.installed,
+        filled.seconds,
+        filled.bytes_read as f64 / (1 << 20) as f64,
+        if filled.out_of_frames { ", stopped at the DRAM budget" } else { "" },
+        if filled.unreadable > 0 {
+            format!(", {} unreadable left to demand faults", filled.unreadable)
+        } else {
+            String::new()
+        }
     );
     served.print(false, "new primary")
 }

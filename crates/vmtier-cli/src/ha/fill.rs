@@ -1,0 +1,105 @@
+//! The new primary's background fill: after a warm failover the guest resumes at once on the
+//! secondary's warm set, and this thread reads the rest of the checkpoint's pages from shared
+//! storage behind it — the primary's hottest first, then the others in storage order, in
+//! batches of neighbouring slots — and installs them as prefetched pages
+//! ([`Engine::install_inherited`]). A page the guest touches before its batch arrives is simply
+//! faulted in on demand; one that arrives first costs the guest a MINOR fault instead of a read.
+//!
+//! The fill takes free DRAM frames only and stops when there are none: it never pushes out a
+//! page the guest is using.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use vmtier_engine::{Engine, PAGE_SIZE};
+use vmtier_repl::{Location, PageLoc, ReplicaMap};
+use vmtier_uffd::AlignedBuf;
+
+use super::SharedPages;
+
+/// Pages read and installed per batch (2 MiB).
+const BATCH: usize = 512;
+
+/// What the fill did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct FillReport {
+    /// Pages installed.
+    pub installed: usize,
+    /// Pages that could not be read (left to demand faults, which report why).
+    pub unreadable: usize,
+    /// Bytes read from shared storage.
+    pub bytes_read: u64,
+    /// Seconds from start to the end of the fill.
+    pub seconds: f64,
+    /// Whether it stopped because DRAM had no free frame left.
+    pub out_of_frames: bool,
+}
+
+/// The pages to fill, in order: every stored page of `map` not in `warm`, the heat list's first
+/// (hottest first), then the rest sorted by location so neighbouring slots are read together.
+pub fn plan(map: &ReplicaMap, warm: &HashSet<u32>) -> Vec<PageLoc> {
+    let wanted = |e: &PageLoc| e.loc != Location::Zero && !warm.contains(&e.page);
+    let mut seen = HashSet::new();
+    let mut out: Vec<PageLoc> =
+        map.heat().iter().filter_map(|h| map.entry(h.page)).filter(|e| wanted(e) && seen.insert(e.page)).collect();
+    let mut rest: Vec<PageLoc> = map.entries().filter(|e| wanted(e) && !seen.contains(&e.page)).collect();
+    rest.sort_unstable_by_key(|e| match e.loc {
+        Location::Ssd { store, slot } => (0, store, u64::from(slot)),
+        Location::Object { store, segment, index } => (1, store, (u64::from(segment) << 16) | u64::from(index)),
+        Location::Zero => (2, 0, 0),
+    });
+    out.extend(rest);
+    out
+}
+
+/// Reads and installs `plan` into `engine` until it is done, DRAM has no free frame, or `stop`
+/// is set.
+pub fn run(engine: &Engine, pages: &SharedPages, plan: &[PageLoc], stop: &AtomicBool) -> FillReport {
+    let started = Instant::now();
+    let mut report = FillReport::default();
+    let mut buf = AlignedBuf::zeroed(BATCH * PAGE_SIZE);
+    for batch in plan.chunks(BATCH) {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let data = &mut buf[..batch.len() * PAGE_SIZE];
+        let results = pages.read_many(batch, data);
+        report.bytes_read += (batch.len() * PAGE_SIZE) as u64;
+        // Only pages read whole and checked go in; the others are left to demand faults.
+        let mut ok_pages = Vec::with_capacity(batch.len());
+        let mut ok_data = Vec::with_capacity(batch.len() * PAGE_SIZE);
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Ok(()) => {
+                    ok_pages.push(batch[i].page);
+                    ok_data.extend_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                }
+                Err(e) => {
+                    // One warning for the first, a count for all: a store full of bad copies must
+                    // not flood the log (the demand fault of each reports it exactly).
+                    if report.unreadable == 0 {
+                        tracing::warn!(page = batch[i].page, error = %e,
+                            "background fill: a page could not be read; it and any others like it are left to demand faults");
+                    }
+                    report.unreadable += 1;
+                }
+            }
+        }
+        match engine.install_inherited(&ok_pages, &ok_data) {
+            Ok((n, out_of_frames)) => {
+                report.installed += n;
+                if out_of_frames {
+                    report.out_of_frames = true;
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %vmtier_engine::chain(&e), "background fill stopped");
+                break;
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
