@@ -8,9 +8,10 @@
 //! * mode 2: bytes after a gzip magic (a damaged `.gz` file).
 //!
 //! Checks: no panic; a parsed record's pages do not overflow; the plain and gzip imports of the
-//! same text give the same result (the same trace, or both an error); an imported trace
-//! survives the binary trace format (`format::encode`, then `format::decode`) unchanged, and its
-//! counts agree with its accesses.
+//! same text give the same result (the same trace, or both an error); an imported trace has at
+//! most 3 accesses per input byte (no line expands into a flood of accesses), survives the
+//! binary trace format (`format::encode`, then `format::decode`) unchanged, and its counts agree
+//! with its accesses.
 #![no_main]
 
 use std::io::Write;
@@ -45,6 +46,9 @@ fuzz_target!(|data: &[u8]| {
                 _ => panic!("plain import {plain:?}, gzip import {zipped:?}"),
             }
             if let Ok(t) = plain {
+                // A line of at least 6 bytes touches at most 17 pages (`MAX_ACCESS_SIZE`): the
+                // trace grows linearly with its file, never by a factor a header field decides.
+                assert!(t.len() <= 3 * rest.len(), "{} accesses from {} bytes", t.len(), rest.len());
                 assert_eq!(t.writes(), t.accesses().filter(|a| a.write).count() as u64);
                 assert!(t.accesses().all(|a| a.page < t.footprint_pages()));
                 let bytes = format::encode(&t);
