@@ -80,7 +80,8 @@ impl ReplicaMap {
     }
 
     fn check_order(&self, seq: u64) -> Result<(), ReplicaError> {
-        if self.seq != 0 && seq != self.seq + 1 {
+        // `seq` comes from shared storage: the last possible position has no successor.
+        if self.seq != 0 && self.seq.checked_add(1) != Some(seq) {
             return Err(ReplicaError::OutOfOrder { seq, last: self.seq });
         }
         Ok(())
@@ -263,6 +264,19 @@ mod tests {
         let mut bad = ckpt(4, false, &[(7, Location::Ssd { store: 1, slot: 7 }, 77)], &model);
         bad.digest ^= 1;
         assert!(matches!(r.apply(&bad), Err(ReplicaError::DigestMismatch { seq: 4, .. })));
+    }
+
+    /// Found by the `replica_apply` fuzz target: a record at the last possible log position
+    /// (written by anyone with access to the shared store) made the next one overflow the order
+    /// check, a panic in debug builds. Nothing can follow it.
+    #[test]
+    fn nothing_follows_the_last_log_position() {
+        let model = HashMap::new();
+        let mut r = ReplicaMap::new();
+        r.apply(&ckpt(u64::MAX, true, &[], &model)).expect("a full checkpoint at the last position");
+        let next = Record::Fence(Fence { seq: 0, epoch: 2, ..Fence::default() });
+        assert_eq!(r.apply_record(&next), Err(ReplicaError::OutOfOrder { seq: 0, last: u64::MAX }));
+        assert_eq!(r.apply(&ckpt(1, false, &[], &model)), Err(ReplicaError::OutOfOrder { seq: 1, last: u64::MAX }));
     }
 
     #[test]

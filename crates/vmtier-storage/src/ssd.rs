@@ -261,6 +261,18 @@ pub enum SsdError {
         /// The slot.
         slot: SlotId,
     },
+    /// A span read whose slots do not all lie in one slot file (or run past the last slot id).
+    #[error(
+        "read_span of {slots} slots from {first}: a span must lie within one slot file of {slots_per_file} slots; split the read"
+    )]
+    SpanAcrossFiles {
+        /// First slot of the span.
+        first: SlotId,
+        /// Slots in the span.
+        slots: usize,
+        /// Slots per file of the store.
+        slots_per_file: u32,
+    },
     /// A page buffer has the wrong length.
     #[error("{op} of {slot}: buffer is {len} bytes, a page is 4096")]
     BufferSize {
@@ -784,9 +796,13 @@ impl SsdStore {
     }
 
     fn read_span_once(&self, first: SlotId, expected: &[Option<u32>], out: &mut [u8]) -> Result<(), SsdError> {
-        let n = expected.len() as u32;
-        if out.len() != expected.len() * PAGE_SIZE || n == 0 || first.0 / self.spf() != (first.0 + n - 1) / self.spf() {
+        if out.len() != expected.len() * PAGE_SIZE || expected.is_empty() {
             return Err(SsdError::BufferSize { op: "read_span", slot: first, len: out.len() });
+        }
+        // Slot numbers can come from another host's log: the span's end is checked, not assumed.
+        let last = u32::try_from(expected.len() - 1).ok().and_then(|n| first.0.checked_add(n));
+        if last.is_none_or(|last| first.0 / self.spf() != last / self.spf()) {
+            return Err(SsdError::SpanAcrossFiles { first, slots: expected.len(), slots_per_file: self.spf() });
         }
         let (f, offset) = self.locate(first)?;
         let read_err = |source| SsdError::Read { slot: first, file: f.path.clone(), offset, source };
@@ -988,6 +1004,31 @@ mod tests {
             *x = seed.wrapping_add(i as u8);
         }
         b
+    }
+
+    /// Found by the `tier2_slots` fuzz target: a span starting near `u32::MAX` (slot numbers come
+    /// from another host's log) overflowed computing its last slot, a panic in debug builds.
+    #[test]
+    fn span_reads_past_the_last_slot_id_or_across_files_are_errors() {
+        let (_d, s) = store(4);
+        let slots = s.alloc_many(5).expect("alloc");
+        let p = page(9);
+        s.write(slots[3], &p).expect("write");
+        s.write(slots[4], &p).expect("write");
+        let mut out = vec![0u8; 2 * PAGE_SIZE];
+        for first in [u32::MAX, 3] {
+            match s.read_span(SlotId(first), &[None, Some(0)], &mut out) {
+                Err(SsdError::SpanAcrossFiles { first: f, slots: 2, slots_per_file: 4 }) => assert_eq!(f.0, first),
+                other => panic!("span of 2 from slot {first}: {other:?}"),
+            }
+        }
+        // The last slot id itself is in one file with its neighbour, and simply does not exist.
+        assert!(matches!(s.read_span(SlotId(u32::MAX - 1), &[None, None], &mut out), Err(SsdError::NoSuchSlot { .. })));
+        let mut out = vec![0u8; 3 * PAGE_SIZE];
+        assert!(matches!(
+            s.read_span(SlotId(u32::MAX - 1), &[None, None, None], &mut out),
+            Err(SsdError::SpanAcrossFiles { .. })
+        ));
     }
 
     #[test]

@@ -28,20 +28,25 @@ fn bad(msg: impl Into<String>) -> VmError {
     VmError::BadElf(msg.into())
 }
 
-fn u16_at(b: &[u8], off: usize) -> Result<u16, VmError> {
-    b.get(off..off + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or_else(|| bad("truncated header"))
+/// The `N` bytes at `base + off`, or an error if they (or their offset) lie outside `b`.
+/// Offsets come from the file, so every addition is checked.
+fn field<const N: usize>(b: &[u8], base: usize, off: usize) -> Result<[u8; N], VmError> {
+    base.checked_add(off)
+        .and_then(|at| b.get(at..at.checked_add(N)?))
+        .map(|s| s.try_into().expect("a slice of N bytes"))
+        .ok_or_else(|| bad("truncated header (a header field lies beyond the end of the file)"))
 }
 
-fn u32_at(b: &[u8], off: usize) -> Result<u32, VmError> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
-        .ok_or_else(|| bad("truncated header"))
+fn u16_at(b: &[u8], base: usize, off: usize) -> Result<u16, VmError> {
+    field(b, base, off).map(u16::from_le_bytes)
 }
 
-fn u64_at(b: &[u8], off: usize) -> Result<u64, VmError> {
-    b.get(off..off + 8)
-        .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
-        .ok_or_else(|| bad("truncated header"))
+fn u32_at(b: &[u8], base: usize, off: usize) -> Result<u32, VmError> {
+    field(b, base, off).map(u32::from_le_bytes)
+}
+
+fn u64_at(b: &[u8], base: usize, off: usize) -> Result<u64, VmError> {
+    field(b, base, off).map(u64::from_le_bytes)
 }
 
 const PT_LOAD: u32 = 1;
@@ -56,29 +61,29 @@ impl GuestImage {
         if elf[4] != 2 || elf[5] != 1 {
             return Err(bad("not a 64-bit little-endian ELF file"));
         }
-        if u16_at(elf, 16)? != 2 {
+        if u16_at(elf, 0, 16)? != 2 {
             return Err(bad("not an executable (ET_EXEC); link it statically at a fixed address"));
         }
-        if u16_at(elf, 18)? != 62 {
+        if u16_at(elf, 0, 18)? != 62 {
             return Err(bad("not an x86-64 program"));
         }
-        let entry = u64_at(elf, 24)?;
-        let phoff = u64_at(elf, 32)? as usize;
-        let phentsize = u16_at(elf, 54)? as usize;
-        let phnum = u16_at(elf, 56)? as usize;
+        let entry = u64_at(elf, 0, 24)?;
+        let phoff = u64_at(elf, 0, 32)? as usize;
+        let phentsize = u16_at(elf, 0, 54)? as usize;
+        let phnum = u16_at(elf, 0, 56)? as usize;
         if phentsize < 56 || phnum == 0 || phnum > 64 {
             return Err(bad(format!("{phnum} program headers of {phentsize} bytes")));
         }
         let mut segments = Vec::new();
         for i in 0..phnum {
             let ph = phoff.checked_add(i * phentsize).ok_or_else(|| bad("program header offset overflows"))?;
-            if u32_at(elf, ph)? != PT_LOAD {
+            if u32_at(elf, ph, 0)? != PT_LOAD {
                 continue;
             }
-            let offset = u64_at(elf, ph + 8)?;
-            let vaddr = u64_at(elf, ph + 16)?;
-            let filesz = u64_at(elf, ph + 32)?;
-            let memsz = u64_at(elf, ph + 40)?;
+            let offset = u64_at(elf, ph, 8)?;
+            let vaddr = u64_at(elf, ph, 16)?;
+            let filesz = u64_at(elf, ph, 32)?;
+            let memsz = u64_at(elf, ph, 40)?;
             if filesz > memsz {
                 return Err(bad(format!("segment {i}: file size {filesz} above memory size {memsz}")));
             }
@@ -127,5 +132,17 @@ mod tests {
         let mut moved = elf.to_vec();
         moved[24..32].copy_from_slice(&0x10u64.to_le_bytes());
         assert!(GuestImage::parse(&moved).unwrap_err().to_string().contains("entry point"));
+    }
+
+    /// Found by the `guest_elf` fuzz target: a program-header offset near `usize::MAX` made the
+    /// field reads overflow (a panic in debug builds) instead of reporting a truncated file.
+    #[test]
+    fn program_header_offsets_near_the_end_of_the_address_space_are_rejected() {
+        for phoff in [u64::MAX, u64::MAX - 3, u64::MAX - 8, u64::MAX - 40, u64::MAX - 56 * 2] {
+            let mut elf = crate::GUEST_ELF.to_vec();
+            elf[32..40].copy_from_slice(&phoff.to_le_bytes());
+            let err = GuestImage::parse(&elf).expect_err("a program header outside the file");
+            assert!(err.to_string().contains("beyond the end of the file"), "phoff {phoff:#x}: {err}");
+        }
     }
 }

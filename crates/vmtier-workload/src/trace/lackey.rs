@@ -46,6 +46,10 @@ use super::{MAX_FOOTPRINT, PageRun, PageTrace, TraceCounts};
 
 /// Longest line accepted; lackey's are about 20 bytes.
 pub const MAX_LINE: usize = 1024;
+/// Largest access size a record may give, in bytes. Valgrind's largest memory references (XSAVE
+/// areas) are a few KiB and ordinary ones at most 64 bytes; a larger size is not lackey output,
+/// and would let one 20-byte line expand into up to a million page accesses.
+pub const MAX_ACCESS_SIZE: u64 = 1 << 16;
 /// Progress is reported every this many lines.
 pub const PROGRESS_LINES: u64 = 1 << 16;
 
@@ -142,8 +146,8 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Record>, &'static str> {
         return Err("bad decimal size");
     };
     let record = Record { kind, addr, size };
-    if size > 1 << 32 || record.pages().is_none() {
-        return Err("size out of range");
+    if size > MAX_ACCESS_SIZE || record.pages().is_none() {
+        return Err("size out of range (lackey reports at most 65536 bytes per access)");
     }
     Ok(Some(record))
 }
@@ -491,6 +495,8 @@ mod tests {
             b" L 0400,-4",
             b" L 11112222333344445,4",
             b" L ffffffffffffffff,8",
+            b" L 0400,65537",
+            b" L 0400,4294967296",
             b"hello",
             b"a,b,c",
         ] {
@@ -523,6 +529,24 @@ mod tests {
         assert_eq!(c.raw_accesses, 5);
         assert!(!c.instructions_included);
         assert_eq!(t.source(), "test.lackey");
+    }
+
+    /// Found writing the `lackey` fuzz target (its 10 s timeout on a crafted input): a size of up
+    /// to 4 GiB was accepted, so each 15-byte line ` L 0,4294967296` became a million page
+    /// accesses and a 4.5 KB file took minutes and gigabytes. Sizes are capped at [`MAX_ACCESS_SIZE`], so a trace grows linearly with its file.
+    #[test]
+    fn huge_access_sizes_are_not_lackey_output() {
+        assert!(parse_line(b" L 0,65536").expect("the largest size").is_some());
+        let err = parse_line(b" L 0,4294967296").expect_err("a 4 GiB access");
+        assert!(err.contains("65536"), "{err}");
+        let text = " L 0,4294967296\n".repeat(300);
+        let started = std::time::Instant::now();
+        let err = import(&text).expect_err("not lackey output");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(matches!(err, TraceError::NotLackey { .. } | TraceError::Malformed { line: 1, .. }), "{err}");
+        // The largest accepted size touches at most 17 pages per line.
+        let t = import(&" L fff,65536\n".repeat(3)).expect("import");
+        assert_eq!(t.footprint_pages(), 17);
     }
 
     #[test]
