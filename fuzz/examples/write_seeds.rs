@@ -27,34 +27,36 @@ fn main() -> std::io::Result<()> {
 
     // Replication records: whole (mode 0) and as bodies to be sealed (mode kind << 1 | 1).
     let log = sample_log();
-    let hb = record::encode_heartbeat(&Heartbeat {
+    let key = vmtier_fuzz::fuzz_key();
+    let hb = record::encode_heartbeat(key, &Heartbeat {
         epoch: 3,
         holder: "host-a:4242".into(),
         counter: 17,
         unix_ms: 1_700_000_000_000,
         last_committed: 4,
     });
-    let claim = record::encode_claim(&Claim { epoch: 4, created_unix_ms: 1, nonce: 77, holder: "host-b".into() });
+    let claim = record::encode_claim(key, &Claim { epoch: 4, created_unix_ms: 1, nonce: 77, holder: "host-b".into() });
     let mut frames: Vec<(String, Vec<u8>)> =
-        log.iter().map(|r| (format!("seq{}", r.seq()), record::encode(r))).collect();
+        log.iter().map(|r| (format!("seq{}", r.seq()), record::encode(key, r))).collect();
     frames.push(("heartbeat".into(), hb));
     frames.push(("claim".into(), claim));
     for (name, bytes) in &frames {
         let kind = u16::from_le_bytes([bytes[10], bytes[11]]) as u8;
         w("record", &format!("{name}.whole"), &with_mode(0, bytes))?;
-        w("record", &format!("{name}.body"), &with_mode(kind << 1 | 1, &bytes[record::HEADER_LEN..]))?;
+        let body = &bytes[record::HEADER_LEN..bytes.len() - record::TRAILER_LEN];
+        w("record", &format!("{name}.body"), &with_mode(kind << 1 | 1, body))?;
     }
 
     // The apply path: the whole log, as chunks `len u16, mode u8, bytes`.
     let mut chunks = Vec::new();
     let mut sealed = Vec::new();
     for r in &log {
-        let bytes = record::encode(r);
+        let bytes = record::encode(key, r);
         let kind = u16::from_le_bytes([bytes[10], bytes[11]]) as u8;
         chunks.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
         chunks.push(0);
         chunks.extend_from_slice(&bytes);
-        let body = &bytes[record::HEADER_LEN..];
+        let body = &bytes[record::HEADER_LEN..bytes.len() - record::TRAILER_LEN];
         sealed.extend_from_slice(&(body.len() as u16).to_le_bytes());
         sealed.push(kind << 1 | 1);
         sealed.extend_from_slice(body);
@@ -197,10 +199,10 @@ fn sample_log() -> Vec<Record> {
             2,
             true,
             vec![
-                PageLoc { page: 1, loc: Location::Ssd { store: 2, slot: 5 }, crc: 11 },
-                PageLoc { page: 2, loc: Location::Object { store: 2, segment: 1, index: 3 }, crc: 22 },
-                PageLoc { page: 3, loc: Location::Ssd { store: 1, slot: 9 }, crc: 33 },
-                PageLoc { page: 4, loc: Location::Object { store: 1, segment: 2, index: 0 }, crc: 44 },
+                PageLoc { page: 1, loc: Location::Ssd { store: 2, slot: 5 }, crc: 11, tag: [0x7a; 16] },
+                PageLoc { page: 2, loc: Location::Object { store: 2, segment: 1, index: 3 }, crc: 22, tag: [0x7a; 16] },
+                PageLoc { page: 3, loc: Location::Ssd { store: 1, slot: 9 }, crc: 33, tag: [0x7a; 16] },
+                PageLoc { page: 4, loc: Location::Object { store: 1, segment: 2, index: 0 }, crc: 44, tag: [0x7a; 16] },
             ],
             &mut map,
         ),
@@ -209,13 +211,13 @@ fn sample_log() -> Vec<Record> {
             2,
             false,
             vec![
-                PageLoc { page: 1, loc: Location::Zero, crc: 0 },
-                PageLoc { page: 5, loc: Location::Ssd { store: 2, slot: 6 }, crc: 55 },
+                PageLoc { page: 1, loc: Location::Zero, crc: 0, tag: [0; 16] },
+                PageLoc { page: 5, loc: Location::Ssd { store: 2, slot: 6 }, crc: 55, tag: [0x7a; 16] },
             ],
             &mut map,
         ),
         Record::Fence(Fence { seq: 3, epoch: 3, created_unix_ms: 1_700_000_000_003, holder: "host-b:7".into() }),
-        ckpt(4, 3, false, vec![PageLoc { page: 2, loc: Location::Ssd { store: 3, slot: 0 }, crc: 23 }], &mut map),
+        ckpt(4, 3, false, vec![PageLoc { page: 2, loc: Location::Ssd { store: 3, slot: 0 }, crc: 23, tag: [0x7a; 16] }], &mut map),
     ]
 }
 

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmtier_fuzz::seal_record;
+use vmtier_fuzz::{RECORD_NAME, fuzz_key, seal_record};
 use vmtier_repl::ReplicaMap;
 use vmtier_repl::record::{self, Record, map_digest};
 
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         let chunk = &rest[3..3 + take];
         rest = &rest[3 + take..];
         let bytes = if mode & 1 == 0 { chunk.to_vec() } else { seal_record(u16::from(mode >> 1), chunk) };
-        let Ok(rec) = record::decode(&bytes) else { continue };
+        let Ok(rec) = record::decode(fuzz_key(), RECORD_NAME, &bytes) else { continue };
         let result = map.apply_record(&rec);
         let recomputed = map_digest(map.iter().map(|(page, _, crc)| (page, crc)));
         assert_eq!(map.digest(), recomputed, "incremental digest drifted from the map ({result:?})");

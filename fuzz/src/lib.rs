@@ -7,7 +7,8 @@
 //!   bytes, following the layout tables in each format's module docs. Without them almost every
 //!   mutation would stop at a checksum check and the structural parser behind it would never be
 //!   reached. They are written from the documented layouts, not with the crates' encoders, so a
-//!   disagreement between the docs and the code shows up as a finding too.
+//!   disagreement between the docs and the code shows up as a finding too — except replication
+//!   records, whose keyed MAC only the crate's own `record::seal` can compute.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,21 +71,30 @@ fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-/// A replication record (`vmtier_repl::record`): the 32-byte frame header with a correct
-/// header and body checksum around `body`. `kind` 1 checkpoint, 2 fence, 3 heartbeat, 4 claim
-/// (other values are kept, to exercise the kind check).
+/// The cluster key every fuzzed record is sealed and checked with (fixed, so runs and saved
+/// crash inputs replay).
+pub fn fuzz_key() -> &'static vmtier_repl::ClusterKey {
+    static KEY: std::sync::OnceLock<vmtier_repl::ClusterKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| vmtier_repl::ClusterKey::from_bytes(&[0x5e; 32], "fuzz key").expect("a 32-byte key"))
+}
+
+/// The store key fuzzed log records are sealed under and decoded as (`log/{seq:020}.rec`): the
+/// MAC binds a record to it.
+pub const RECORD_NAME: &str = "log/00000000000000000001.rec";
+/// The store key fuzzed epoch claims are sealed under and decoded as.
+pub const CLAIM_NAME: &str = "lease/00000000000000000001.epoch";
+
+/// A replication record (`vmtier_repl::record`, format 2) around `body`: the frame header with
+/// correct checksums and the MAC trailer, sealed with [`fuzz_key`] under the store key its kind is
+/// read from (`kind` 1 checkpoint, 2 fence, 3 heartbeat, 4 claim; other values are kept, to
+/// exercise the kind check). Without the MAC no mutated body would ever reach a body parser.
 pub fn seal_record(kind: u16, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + body.len());
-    out.extend_from_slice(b"VMTLOG01");
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&kind.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    let hcrc = crc32c::crc32c(&out);
-    out.extend_from_slice(&hcrc.to_le_bytes());
-    out.extend_from_slice(body);
-    out
+    let name = match kind {
+        3 => vmtier_repl::log::HEARTBEAT_KEY,
+        4 => CLAIM_NAME,
+        _ => RECORD_NAME,
+    };
+    vmtier_repl::record::seal(fuzz_key(), name, kind, body)
 }
 
 /// A binary page trace (`vmtier_workload::trace::format`): takes a fuzzed file image, sets the
