@@ -101,6 +101,18 @@ impl fmt::Display for FencedBy {
 /// Errors of the log and the lease.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// An epoch or position read from the store is the largest there is: no epoch or record can
+    /// follow it. No primary gets there by counting; the store holds something no vmtier wrote.
+    #[error(
+        "the log's newest {what} is {value}, the largest possible: nothing can follow it; the store holds a claim or record \
+         no vmtier primary wrote — inspect it with `vmtier inspect` and start a new log"
+    )]
+    Exhausted {
+        /// `epoch` or `position`.
+        what: &'static str,
+        /// The value found.
+        value: u64,
+    },
     /// A shared-store operation failed (the source names the key and the store).
     #[error("{op}")]
     Store {
@@ -400,7 +412,7 @@ impl Heartbeater {
     /// Fails with [`LogError::Fenced`] (without writing) if a newer epoch has been claimed or the
     /// heartbeat there is already of a newer epoch.
     pub fn beat(&self, last_committed: u64) -> Result<(), LogError> {
-        self.beat_as(last_committed + 1, last_committed)
+        self.beat_as(last_committed.saturating_add(1), last_committed)
     }
 
     /// [`beat`](Self::beat), naming `next_seq` as the position a [`LogError::Fenced`] is at.
@@ -435,7 +447,8 @@ impl Heartbeater {
 /// cannot read, and stopping is the safe side (a forger can stop a primary — as anyone who can
 /// delete its files can — but never make a guest read a forged page).
 fn superseded(store: &dyn SharedStore, ck: &ClusterKey, epoch: u64) -> Result<Option<FencedBy>, LogError> {
-    let newer = epoch + 1;
+    // Nothing can be claimed after the largest epoch.
+    let Some(newer) = epoch.checked_add(1) else { return Ok(None) };
     let key = epoch_key(newer);
     let Some(bytes) = store.get(&key).map_err(store_err("cannot read the lease"))? else {
         return Ok(None);
@@ -465,7 +478,8 @@ impl LogWriter {
                 Some(&head) => read_record(s, key, head)?.map_or(0, |(r, _)| r.epoch()),
                 None => 0,
             };
-            let epoch = list_epochs(s)?.last().copied().unwrap_or(0).max(head_epoch) + 1;
+            let newest = list_epochs(s)?.last().copied().unwrap_or(0).max(head_epoch);
+            let epoch = newest.checked_add(1).ok_or(LogError::Exhausted { what: "epoch", value: newest })?;
             let claim =
                 Claim { epoch, created_unix_ms: now_unix_ms(), nonce: unique_token(), holder: holder.to_string() };
             match s
@@ -500,12 +514,16 @@ impl LogWriter {
                 next_seq = Some(1);
                 break;
             }
-            let fence = Fence { seq: head + 1, epoch, created_unix_ms: now_unix_ms(), holder: holder.to_string() };
+            let Some(after) = head.checked_add(2) else {
+                return Err(LogError::Exhausted { what: "position", value: head });
+            };
+            let at = head + 1;
+            let fence = Fence { seq: at, epoch, created_unix_ms: now_unix_ms(), holder: holder.to_string() };
             let bytes = record::encode(key, &Record::Fence(fence));
-            match s.put_exclusive(&log_key(head + 1), &bytes).map_err(store_err("cannot write the fence"))? {
+            match s.put_exclusive(&log_key(at), &bytes).map_err(store_err("cannot write the fence"))? {
                 Created::Yes => {
-                    tracing::info!(epoch, seq = head + 1, holder, store = %s.describe(), "claimed the log and fenced it");
-                    next_seq = Some(head + 2);
+                    tracing::info!(epoch, seq = at, holder, store = %s.describe(), "claimed the log and fenced it");
+                    next_seq = Some(after);
                     break;
                 }
                 Created::AlreadyExists => {} // the old primary committed meanwhile: fence after it
@@ -827,16 +845,17 @@ impl LogReader {
             return Ok(None);
         };
         if let Some(settle) = self.settle {
-            match self.fetch(seq + 1)? {
+            let next = seq.checked_add(1).ok_or(LogError::Exhausted { what: "position", value: seq })?;
+            match self.fetch(next)? {
                 Some(after) => {
-                    self.cache.insert(seq + 1, after);
+                    self.cache.insert(next, after);
                 }
                 None if !self.settled(seq, cur.fingerprint, settle) => return Ok(None),
                 None => {}
             }
         }
         self.validate(&cur.record)?;
-        self.next += 1;
+        self.next = seq.checked_add(1).ok_or(LogError::Exhausted { what: "position", value: seq })?;
         self.returned = true;
         Ok(Some(cur.record))
     }
@@ -846,6 +865,20 @@ impl LogReader {
 mod tests {
     use super::*;
     use crate::store::MemStore;
+
+    /// Epochs and positions come from names and records on shared storage: the largest ones are
+    /// a clear error, never an overflow (found by reading what the fuzz targets could not reach).
+    #[test]
+    fn the_largest_epoch_or_position_is_an_error_not_an_overflow() {
+        let key = ClusterKey::from_bytes(&[9; 32], "test").unwrap();
+        let store: Arc<dyn SharedStore> = Arc::new(MemStore::new());
+        store.put(&epoch_key(u64::MAX), b"planted").unwrap();
+        let e = LogWriter::claim(store.clone(), &key, "a").map(|_| ()).unwrap_err();
+        assert!(matches!(e, LogError::Exhausted { what: "epoch", value: u64::MAX }), "{e}");
+        assert!(e.to_string().contains("vmtier inspect"), "{e}");
+        // A writer of the largest epoch is superseded by nothing.
+        assert!(superseded(&*store, &key, u64::MAX).unwrap().is_none());
+    }
 
     #[test]
     fn key_names() {
