@@ -104,6 +104,10 @@ pub struct ReplicationSection {
     /// in line for demotion as were demoted during the last interval to tier 2 early. Off by
     /// default: measured, it costs more guest time than it saves (BENCHMARKS.md).
     pub preclean: bool,
+    /// After a failover, read the pages the warm set lacks in the background into free DRAM
+    /// (`ha/fill.rs`). Off by default: measured, filling DRAM with the primary's cold pages
+    /// lowered the resumed guest's throughput for the rest of the run (BENCHMARKS.md).
+    pub fill_after_failover: bool,
     /// The secondary's DRAM budget for warm pages. Default: the engine's `dram`.
     pub secondary_dram: Option<ByteSize>,
 }
@@ -125,6 +129,7 @@ impl Default for ReplicationSection {
             heat_every: 10,
             full_every: 100,
             preclean: false,
+            fill_after_failover: false,
             secondary_dram: None,
         }
     }

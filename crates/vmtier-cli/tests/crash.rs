@@ -55,6 +55,7 @@ lease_timeout_ms = {lease_timeout_ms}
 poll_ms = 10
 full_every = 10
 preclean = true
+fill_after_failover = true
 secondary_dram = "4MiB"
 "#,
             data = dir.join("data").display(),

@@ -151,9 +151,10 @@ pub fn run(cfg: &RunConfig, args: &Args) -> anyhow::Result<bool> {
         );
     }
     let spec = cfg.workload.to_guest_spec()?;
-    // Behind the resumed guest, read the pages the warm set lacks (hottest first) into free DRAM.
+    // With `fill_after_failover`, read the pages the warm set lacks behind the resumed guest.
     let pages = super::SharedPages::new(layout.clone());
     let stop_fill = AtomicBool::new(false);
+    let fill_plan = if cfg.replication.fill_after_failover { fill_plan } else { Vec::new() };
     let (served, filled) = std::thread::scope(|s| {
         let filler = s.spawn(|| super::fill::run(&engine, &pages, &fill_plan, &stop_fill));
         let served = super::primary::serve(
