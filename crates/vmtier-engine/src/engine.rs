@@ -404,11 +404,13 @@ impl Engine {
     /// Returns how many were installed, and whether DRAM ran out of free frames.
     pub fn install_inherited(&self, pages: &[u32], data: &[u8]) -> Result<(usize, bool), EngineError> {
         assert_eq!(data.len(), pages.len() * PAGE_SIZE, "install_inherited: one page of data per page");
+        for &page in pages {
+            self.check(page as usize)?;
+        }
         let p = &self.pager;
         let mut installed = 0;
         for (i, &page) in pages.iter().enumerate() {
             let page = page as usize;
-            self.check(page)?;
             let Some(g) = p.table.get(page).try_lock() else { continue };
             let v = g.view();
             if v.resident() || v.home() != Home::Inherited || v.word & crate::page_table::POISONED != 0 {
