@@ -121,7 +121,8 @@ fn conn_dir_pid(name: &str) -> Option<u32> {
 
 /// Removes the connection directories that servers which are no longer running (killed, so
 /// their [`ConnDirs`] never dropped) left under the tier-2 directory and a local tier 3. Their
-/// pages died with their VMs. Directories of running servers sharing the data directory stay.
+/// pages died with their VMs. Directories of running servers sharing the data directory stay —
+/// if they run in this pid namespace: "running" is `/proc/<pid>` existing here.
 pub(super) fn sweep_dead_servers_dirs(cfg: &vmtier_engine::EngineConfig) {
     let tier3 = cfg.tier3.url.strip_prefix("file://").unwrap_or(&cfg.tier3.url);
     let mut roots = vec![cfg.tier2.dir.clone()];
