@@ -17,7 +17,7 @@ use crate::config::EngineConfig;
 use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::mtm::Mtm;
-use crate::page_table::{Home, PageEntry, PageTable, PageView, REFERENCED, RESIDENT};
+use crate::page_table::{DIRTY, Home, LOGGED, PageEntry, PageTable, PageView, REFERENCED, RESIDENT};
 use crate::pager::{Pager, page_err, runs};
 use crate::policy::{self, Tier};
 use crate::prefetch::PrefetcherKind;
@@ -94,10 +94,18 @@ pub struct Inheritance {
     pub stored: Vec<u32>,
     /// Reads the inherited copies.
     pub source: Arc<dyn InheritedPages>,
+    /// The caller checkpoints with [`Engine::capture_logged`] (a micro-VM's dirty log reports
+    /// the guest's writes): the warm pages are then mapped writable, their writes left to the
+    /// log, instead of write-protected — which costs the resumed guest a write-protect fault
+    /// (35–40 µs through KVM) on the first write of every hot page. Such a page counts as dirty
+    /// for eviction (its content may have changed unseen), and travels in a checkpoint as its
+    /// inherited copy until a capture's log names it. The engine then refuses `capture`.
+    pub logged_writes: bool,
 }
 
-/// The parts of an [`Inheritance`] besides its memory: warm pages, stored pages, source.
-type Inherit = (Vec<(u32, u8)>, Vec<u32>, Arc<dyn InheritedPages>);
+/// The parts of an [`Inheritance`] besides its memory: warm pages, stored pages, source, and
+/// whether warm pages are mapped writable ([`Inheritance::logged_writes`]).
+type Inherit = (Vec<(u32, u8)>, Vec<u32>, Arc<dyn InheritedPages>, bool);
 
 /// A running tiered guest memory.
 #[derive(Debug)]
@@ -170,7 +178,7 @@ impl Engine {
             Some(map),
             uffd,
             base,
-            Some((inh.warm, inh.stored, inh.source)),
+            Some((inh.warm, inh.stored, inh.source, inh.logged_writes)),
             StorageIo::default(),
         )
     }
@@ -269,7 +277,11 @@ impl Engine {
             pager.repl = Some(ReplTrack::new(pages));
         }
         pager.tags = crate::auth::Tags::new(cfg.page_auth.as_ref().map(|h| h.0.clone()), pages);
-        if let Some((warm, stored, source)) = inherit {
+        if let Some((warm, stored, source, logged)) = inherit {
+            if logged && let Some(r) = &pager.repl {
+                r.use_dirty_log()?;
+            }
+            let warm_flags = if logged { RESIDENT | REFERENCED | DIRTY | LOGGED } else { RESIDENT | REFERENCED };
             // No thread runs yet: every lock is free.
             for p in stored {
                 if let Some(g) = pager.table.get(p as usize).try_lock() {
@@ -286,7 +298,7 @@ impl Engine {
                     }
                     if !g.view().resident() && pager.budget.try_reserve() {
                         // Predicted hot: the reclaim clock passes it over once.
-                        g.set(RESIDENT | REFERENCED);
+                        g.set(warm_flags);
                         let (f, seen) = e.stats();
                         f.store(freq, Ordering::Relaxed);
                         seen.store(now as u16, Ordering::Relaxed);
@@ -296,15 +308,17 @@ impl Engine {
             }
             // Map the warm pages now, before the guest runs: otherwise its first touch of each
             // is a MINOR fault (~40-100 µs through KVM) instead of a plain access. Mapped
-            // write-protected, as the fault path maps a clean page, so the first write is seen.
-            // A run that cannot be mapped is left to the fault path.
+            // write-protected, as the fault path maps a clean page, so the first write is seen —
+            // or writable, when the caller's dirty log sees it. A run that cannot be mapped is
+            // left to the fault path.
             resident.sort_unstable();
             for (first, n) in runs(&resident) {
-                if let Err(e) = pager.uffd.continue_(uffd_base + first * PAGE_SIZE, n * PAGE_SIZE, true) {
+                if let Err(e) = pager.uffd.continue_(uffd_base + first * PAGE_SIZE, n * PAGE_SIZE, !logged) {
                     tracing::warn!(first, pages = n, error = %crate::error::chain(&e), "could not map warm pages ahead of the guest");
                 }
             }
             pager.inherited = Some(source);
+            pager.logged = logged;
         }
         let pager = Arc::new(pager);
         let stop = Arc::new(AtomicBool::new(false));
@@ -393,14 +407,18 @@ impl Engine {
 
     /// Installs inherited pages whose committed contents the caller has already read (and
     /// checked) in bulk — a new primary filling in, behind the resumed guest, the pages its warm
-    /// set lacked — as prefetched pages: written into guest memory unmapped, so the guest's first
-    /// touch is a MINOR fault served in microseconds instead of a read from shared storage.
+    /// set lacked. They are written into guest memory and mapped at once, as the warm set is at
+    /// start (write-protected, or writable with [`Inheritance::logged_writes`]): the guest's
+    /// first read of one is a plain memory access, its first write at most a write-protect
+    /// fault, and neither reads shared storage. (Left unmapped, every first touch would be a MINOR fault, 35–40 µs through
+    /// KVM: with DRAM full of filled pages that halved the resumed guest's speed.)
     ///
     /// `pages[i]`'s contents are `data[i * 4096..]`. A page is installed only if it is still an
     /// inherited page that is not resident, not poisoned and not being faulted on (its copy on
     /// shared storage is then exactly what the caller read: only the guest changes it, and only
     /// once it is resident). Takes free DRAM frames only, beyond the headroom kept for faults
-    /// (`mtm.headroom_pages`) — it never evicts a page for one.
+    /// (`mtm.headroom_pages`) — it never evicts a page for one. The pages start cold: the policy
+    /// sees them through sampling like any other resident page.
     /// Returns how many were installed, and whether DRAM ran out of free frames.
     pub fn install_inherited(&self, pages: &[u32], data: &[u8]) -> Result<(usize, bool), EngineError> {
         assert_eq!(data.len(), pages.len() * PAGE_SIZE, "install_inherited: one page of data per page");
@@ -408,7 +426,10 @@ impl Engine {
             self.check(page as usize)?;
         }
         let p = &self.pager;
-        let mut installed = 0;
+        // Locked and reserved first, then written and mapped in runs of consecutive pages (one
+        // `pwrite` and one `UFFDIO_CONTINUE` per run); the locks keep faults off them meanwhile.
+        let mut taken: Vec<(usize, usize, crate::page_table::PageGuard<'_>)> = Vec::with_capacity(pages.len());
+        let mut out_of_frames = false;
         for (i, &page) in pages.iter().enumerate() {
             let page = page as usize;
             let Some(g) = p.table.get(page).try_lock() else { continue };
@@ -418,19 +439,40 @@ impl Engine {
             }
             // The headroom stays free for the guest's own faults.
             if p.budget.free() <= p.headroom || !p.budget.try_reserve() {
-                add(&p.stats.prefetch_issued, installed as u64);
-                return Ok((installed, true));
+                out_of_frames = true;
+                break;
             }
-            if let Err(e) = p.write_page_cache(page, &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
-                p.budget.release(1);
-                add(&p.stats.prefetch_issued, installed as u64);
+            taken.push((page, i, g));
+        }
+        let mut installed = 0;
+        let mut start = 0;
+        while start < taken.len() {
+            let mut end = start + 1;
+            while end < taken.len() && taken[end].0 == taken[end - 1].0 + 1 && taken[end].1 == taken[end - 1].1 + 1 {
+                end += 1;
+            }
+            let (first, at, _) = &taken[start];
+            let n = end - start;
+            if let Err(e) = p.write_page_cache(*first, &data[at * PAGE_SIZE..(at + n) * PAGE_SIZE]) {
+                // Nothing of this run or the following ones is in guest memory.
+                p.budget.release(taken.len() - start);
+                add(&p.stats.inherited_installed, installed as u64);
                 return Err(e);
             }
-            g.set(RESIDENT | crate::page_table::PREFETCHED);
-            installed += 1;
+            let flags = if p.logged { RESIDENT | DIRTY | LOGGED } else { RESIDENT };
+            for (_, _, g) in &taken[start..end] {
+                g.set(flags);
+            }
+            // Resident from here whether or not the mapping succeeds: an unmapped resident page
+            // is mapped by its first touch's MINOR fault.
+            if let Err(e) = p.uffd.continue_(p.addr(*first), n * PAGE_SIZE, !p.logged) {
+                tracing::warn!(first, pages = n, error = %crate::error::chain(&e), "could not map filled pages ahead of the guest");
+            }
+            installed += n;
+            start = end;
         }
-        add(&p.stats.prefetch_issued, installed as u64);
-        Ok((installed, false))
+        add(&p.stats.inherited_installed, installed as u64);
+        Ok((installed, out_of_frames))
     }
 
     /// Moves one page by hand (tests, tools): `Dram` promotes it, `Ssd` evicts it to tier 2 (or
@@ -668,6 +710,8 @@ pub struct Snapshot {
     pub fault_latency_us: LatencyUs,
     /// The prefetcher (`none` when off).
     pub prefetcher: &'static str,
+    /// Inherited pages installed by a new primary's background fill.
+    pub inherited_installed: u64,
     /// Pages the prefetcher brought into DRAM.
     pub prefetch_issued: u64,
     /// Prefetched pages the guest then touched.
@@ -775,6 +819,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         fault_latency_us: s.latency_us(),
         prefetcher: p.prefetch.as_ref().map_or("none", |pf| pf.kind().name()),
         prefetch_issued: l(&s.prefetch_issued),
+        inherited_installed: l(&s.inherited_installed),
         prefetch_used: l(&s.prefetch_used),
         prefetch_accuracy: if l(&s.prefetch_issued) == 0 {
             0.0

@@ -15,6 +15,7 @@
 //! | | 6 | `WRITTEN`: the page's stored content changed during its last residency (set by a write, decided at eviction; clear after a first store) |
 //! | | 7 | `POISONED`: the stored copy failed its checksum; the page is unreadable |
 //! | | 8–55 | location: tier-2 slot, or tier-3 `segment << 16 \| index` |
+//! | | 60 | `LOGGED`: an inherited page mapped writable, unwritten as far as the caller's dirty log has said (implies `DIRTY`) |
 //! | | 61 | `CAPTURED`: copied by a checkpoint and not written since (cleared by a write or a new home) |
 //! | | 62 | `REFERENCED`: observed since the reclaim clock's hand last passed (second chance) |
 //! | | 63 | `PREFETCHED`: resident because a prefetcher predicted it, not yet touched |
@@ -41,6 +42,11 @@ pub const CLEAN: u64 = 1 << 5;
 pub const WRITTEN: u64 = 1 << 6;
 /// Stored copy is corrupt.
 pub const POISONED: u64 = 1 << 7;
+/// An inherited page mapped writable at a failover, whose writes the caller's dirty log reports
+/// (`Inheritance::logged_writes`): `DIRTY` as far as eviction is concerned (its content may
+/// have changed unseen), but equal to its inherited copy for a checkpoint until a capture's log
+/// names it. Cleared with `DIRTY`, by a write the engine sees, and by a new home.
+pub const LOGGED: u64 = 1 << 60;
 /// Copied by a checkpoint capture and neither written nor moved since (see `replica.rs`).
 pub const CAPTURED: u64 = 1 << 61;
 /// Observed since the reclaim clock's hand last passed it.
@@ -231,8 +237,9 @@ impl PageGuard<'_> {
         self.entry.state.fetch_or(flags, Ordering::AcqRel);
     }
 
-    /// Clears `flags` bits.
+    /// Clears `flags` bits. Clearing `DIRTY` clears `LOGGED` too (which implies it).
     pub fn clear(&self, flags: u64) {
+        let flags = if flags & DIRTY != 0 { flags | LOGGED } else { flags };
         self.entry.state.fetch_and(!flags, Ordering::AcqRel);
     }
 

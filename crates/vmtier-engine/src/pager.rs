@@ -25,7 +25,7 @@ use vmtier_uffd::{AlignedBuf, Filled, Memfd, PAGE_SIZE, SharedMapping, Uffd};
 use crate::dram::DramBudget;
 use crate::error::EngineError;
 use crate::page_table::{
-    CAPTURED, DIRTY, Home, POISONED, PREFETCHED, PageGuard, PageTable, PageView, REFERENCED, RESIDENT, WRITTEN,
+    CAPTURED, DIRTY, Home, LOGGED, POISONED, PREFETCHED, PageGuard, PageTable, PageView, REFERENCED, RESIDENT, WRITTEN,
 };
 use crate::policy::Tier;
 use crate::prefetch::worker::Prefetch;
@@ -119,6 +119,8 @@ pub struct Pager {
     pub(crate) repl: Option<ReplTrack>,
     /// Where `Home::Inherited` pages are read from, after a failover.
     pub(crate) inherited: Option<std::sync::Arc<dyn crate::InheritedPages>>,
+    /// Inherited pages are installed writable and `LOGGED` (`Inheritance::logged_writes`).
+    pub(crate) logged: bool,
     /// Keyed tags of stored pages, when they are authenticated ([`crate::auth`]).
     pub(crate) tags: crate::auth::Tags,
     /// Tier 2 reported itself full (ENOSPC): until this time (ms since `started`, 0 = never)
@@ -181,6 +183,7 @@ impl Pager {
             reclaimer: OnceLock::new(),
             repl: None,
             inherited: None,
+            logged: false,
             tags: crate::auth::Tags::new(None, 0),
             tier2_full_until_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -218,7 +221,8 @@ impl Pager {
     /// Marks a resident page changed in DRAM (a write), under its lock.
     pub(crate) fn mark_dirty(&self, page: usize, g: &PageGuard<'_>) {
         g.set(DIRTY);
-        g.clear(CAPTURED);
+        // Written for certain: no longer equal to its inherited copy.
+        g.clear(CAPTURED | LOGGED);
         if let Some(r) = &self.repl {
             r.mark(page);
         }
@@ -301,7 +305,8 @@ impl Pager {
 
     /// Installs a non-resident page into DRAM; the caller holds the lock and has reserved a
     /// frame. A `write` install maps the page writable and marks it dirty; otherwise it is mapped
-    /// write-protected so the first write is seen.
+    /// write-protected so the first write is seen — except an inherited page when the caller's
+    /// dirty log sees writes (`logged`): mapped writable and `LOGGED`.
     pub(crate) fn fill(
         &self,
         page: usize,
@@ -315,6 +320,7 @@ impl Pager {
             return Err(EngineError::Poisoned { page: page as u64 });
         }
         let addr = self.addr(page);
+        let logged = !write && self.logged && v.home() == Home::Inherited;
         if write {
             // Before the install wakes the guest: a checkpoint captured after the guest's write
             // must find the page dirty and marked changed.
@@ -333,14 +339,18 @@ impl Pager {
                 home => {
                     self.read_home(page, &v, buf)?;
                     bump(if matches!(home, Home::Object(_)) { &self.stats.tier3_hits } else { &self.stats.tier2_hits });
-                    self.uffd.copy(addr, buf, !write, true).map_err(page_err("UFFDIO_COPY", page))?
+                    if logged {
+                        // Before the install wakes the guest: eviction must find it dirty.
+                        g.set(DIRTY | LOGGED);
+                    }
+                    self.uffd.copy(addr, buf, !(write || logged), true).map_err(page_err("UFFDIO_COPY", page))?
                 }
             })
         };
         let filled = match install() {
             Ok(f) => f,
             Err(e) => {
-                g.clear(DIRTY);
+                g.clear(DIRTY | LOGGED);
                 return Err(e);
             }
         };

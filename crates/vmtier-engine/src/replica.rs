@@ -51,7 +51,7 @@ use parking_lot::Mutex;
 use vmtier_uffd::{AlignedBuf, PAGE_SIZE};
 
 use crate::error::EngineError;
-use crate::page_table::{CAPTURED, DIRTY, Home, PageEntry, PageGuard, RESIDENT};
+use crate::page_table::{CAPTURED, DIRTY, Home, LOGGED, PageEntry, PageGuard, RESIDENT};
 use crate::pager::{Pager, page_err, runs};
 use crate::stats::{add, bump};
 
@@ -163,6 +163,11 @@ impl ReplTrack {
         });
         ripe.sort_unstable();
         ripe
+    }
+
+    /// Fixes dirty-log mode before the first capture (an engine with `LOGGED` pages).
+    pub(crate) fn use_dirty_log(&self) -> Result<(), EngineError> {
+        self.use_mode(Mode::DirtyLog)
     }
 
     /// Marks `page` changed: its content (a first write) or its stored location moved.
@@ -302,9 +307,10 @@ impl Capture {
     }
 }
 
-/// Whether a page found by capture must be copied: resident and changed since stored.
+/// Whether a page found by capture must be copied: resident and changed since stored (a
+/// `LOGGED` page the capture's log did not name is unchanged).
 pub(crate) fn needs_copy(word: u64) -> bool {
-    word & RESIDENT != 0 && word & DIRTY != 0
+    word & RESIDENT != 0 && word & DIRTY != 0 && word & LOGGED == 0
 }
 
 /// Flags that tell `persist` a captured page is unchanged since its capture.
@@ -339,6 +345,8 @@ impl Pager {
             let g = lock_page(self.table.get(page as usize));
             let v = g.view();
             if v.resident() && v.dirty() {
+                // A `LOGGED` page the log names may have been written (or only read: see above).
+                g.clear(LOGGED);
                 r.mark(page as usize);
             }
         }

@@ -57,6 +57,8 @@ pub struct Stats {
     pub compacted_segments: AtomicU64,
     /// Pages a prefetcher brought into DRAM.
     pub prefetch_issued: AtomicU64,
+    /// Inherited pages a new primary's background fill installed (`Engine::install_inherited`).
+    pub inherited_installed: AtomicU64,
     /// Prefetched pages the guest then touched.
     pub prefetch_used: AtomicU64,
     /// Predictions that arrived after the guest had already faulted on the page.
@@ -102,6 +104,7 @@ impl Default for Stats {
             compacted_slots: z(),
             compacted_segments: z(),
             prefetch_issued: z(),
+            inherited_installed: z(),
             prefetch_used: z(),
             prefetch_late: z(),
             prefetch_wasted: z(),

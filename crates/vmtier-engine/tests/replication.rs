@@ -447,7 +447,8 @@ fn failover_starts_from_the_committed_checkpoint() {
     }
     let (mut cfg2, _dir2) = replicating(PAGES as u64, 64);
     cfg2.fault.handler_threads = 1;
-    let inh = Inheritance { memfd, warm: warm.clone(), stored, source: std::sync::Arc::new(source) };
+    let inh =
+        Inheritance { memfd, warm: warm.clone(), stored, source: std::sync::Arc::new(source), logged_writes: false };
     let engine = Engine::start_inherited(cfg2, inh).expect("start inherited");
     assert_eq!(engine.snapshot().resident_bytes, (warm.len() * PAGE_SIZE) as u64, "warm pages resident at start");
     // Warm pages checksummed from DRAM, inherited ones by their copies' crcs, the rest as zeros:
@@ -490,9 +491,77 @@ fn failover_starts_from_the_committed_checkpoint() {
     assert!(delta.iter().any(|d| d.home == Home::Inherited));
 }
 
+/// A new primary whose checkpoints read a dirty log (`logged_writes`) maps its warm pages
+/// writable: the guest's first writes cost no fault; a capture copies only the pages its log
+/// names, and sends the others as their inherited copies; an unnamed page still counts as dirty
+/// when evicted (its content is written, not assumed); write-protect captures are refused.
+#[test]
+fn logged_warm_pages_are_writable_and_sent_as_inherited_until_the_log_names_them() {
+    const PAGES: usize = 128;
+    let (cfg, _dir) = replicating(PAGES as u64, 128);
+    let primary = Engine::start(cfg.clone()).expect("start primary");
+    let mem = primary.guest_words();
+    for p in 0..100 {
+        write_page(mem, p, 7);
+    }
+    let mut map = ReplicaMap::new();
+    apply(&mut map, &checkpoint(&primary, true));
+    drop(primary);
+    let stored: Vec<u32> = map.iter().filter(|(_, (h, _))| *h != Home::Zero).map(|(&p, _)| p).collect();
+    let source = Inherited { cfg: cfg.clone(), map: map.clone() };
+    let memfd = Memfd::create("warm", cfg.memory.0).expect("memfd");
+    let warm: Vec<(u32, u8)> = (0..30).map(|p| (p, 90)).collect();
+    for &(p, _) in &warm {
+        let mut buf = vec![0u8; PAGE_SIZE];
+        source.read(u64::from(p), &mut buf).expect("read warm page");
+        memfd.write_at(&buf, p as u64 * PAGE_SIZE as u64).expect("fill warm page");
+    }
+    let (cfg2, _dir2) = replicating(PAGES as u64, 128);
+    let inh = Inheritance { memfd, warm, stored, source: std::sync::Arc::new(source), logged_writes: true };
+    let engine = Engine::start_inherited(cfg2, inh).expect("start inherited");
+    let mem = engine.guest_words();
+    write_page(mem, 5, 8);
+    check_page(mem, 6, 7);
+    let s = engine.snapshot();
+    assert_eq!((s.faults, s.write_faults, s.sample_faults), (0, 0, 0), "a warm page's first write faulted");
+    assert!(matches!(engine.capture(), Err(vmtier_engine::EngineError::CaptureMode { .. })));
+    // The log names page 5 only: it is copied, every other warm page is sent as inherited.
+    let delta = logged_checkpoint(&engine, &[5]);
+    let home = |p: u32| delta.iter().find(|d| d.page == p).map(|d| d.home);
+    assert!(matches!(home(5), Some(Home::Ssd(_))), "the written page was not copied: {:?}", home(5));
+    for p in [0u32, 6, 29] {
+        assert_eq!(home(p), Some(Home::Inherited), "page {p}");
+    }
+    let Some(Home::Ssd(slot)) = home(5) else { unreachable!() };
+    let copy = read_stored(engine.config(), Home::Ssd(slot));
+    assert!(copy == page_bytes(5, 8), "the checkpoint's copy of page 5 is not what the guest wrote");
+    // An inherited page faulted in, and one filled in, are writable and logged too.
+    check_page(mem, 40, 7);
+    let mut data = page_bytes(41, 7);
+    data.resize(PAGE_SIZE, 0);
+    assert_eq!(engine.install_inherited(&[41], &data).expect("install"), (1, false));
+    write_page(mem, 40, 9);
+    write_page(mem, 41, 9);
+    let s = engine.snapshot();
+    assert_eq!((s.faults, s.write_faults), (1, 0), "an inherited page was installed write-protected");
+    let delta = logged_checkpoint(&engine, &[40]);
+    let home = |p: u32| delta.iter().find(|d| d.page == p).map(|d| d.home);
+    assert!(matches!(home(40), Some(Home::Ssd(_))));
+    // Only the log reports writes: page 41, which this one leaves out, is not sent.
+    assert_eq!(home(41), None);
+    // Page 7 was never named, but its eviction cannot know it was not written: it is stored.
+    assert!(retry_busy("evict", || engine.move_page(7, Tier::Ssd)).unwrap());
+    assert!(matches!(engine.page(7).unwrap().home(), Home::Ssd(_)), "an unnamed logged page was dropped unwritten");
+    check_page(mem, 7, 7);
+    for p in 0..100 {
+        check_page(mem, p, [(5, 8), (40, 9), (41, 9)].iter().find(|e| e.0 == p).map_or(7, |e| e.1));
+    }
+}
+
 /// The new primary's background fill: inherited pages installed in bulk behind the guest are
-/// read by it with MINOR faults (no tier read), with the checkpoint's contents; pages that are not
-/// inherited, already resident or beyond the free DRAM are left alone.
+/// mapped, so the guest reads them with no fault at all (and no tier read), with the checkpoint's
+/// contents; pages that are not inherited, already resident or beyond the free DRAM are left
+/// alone.
 #[test]
 fn inherited_pages_installed_in_bulk_are_served_without_reads() {
     const PAGES: usize = 128;
@@ -517,7 +586,8 @@ fn inherited_pages_installed_in_bulk_are_served_without_reads() {
     // 64 frames of DRAM, 8 of them headroom: room for 46 more pages beside the 10 warm ones.
     let (mut cfg2, _dir2) = replicating(PAGES as u64, 64);
     cfg2.mtm.headroom_pages = 8;
-    let inh = Inheritance { memfd, warm, stored, source: std::sync::Arc::new(Inherited { cfg, map }) };
+    let inh =
+        Inheritance { memfd, warm, stored, source: std::sync::Arc::new(Inherited { cfg, map }), logged_writes: false };
     let engine = Engine::start_inherited(cfg2, inh).expect("start inherited");
     // Pages 0..10 are warm (resident), 100.. were never written (zero, not inherited).
     let want: Vec<u32> = (0..PAGES as u32).collect();
@@ -539,7 +609,8 @@ fn inherited_pages_installed_in_bulk_are_served_without_reads() {
     }
     let s = engine.snapshot();
     assert_eq!((s.faults, s.bytes_read), (0, 0), "installed pages were read from storage again");
-    assert_eq!(s.prefetch_used, installed as u64, "each installed page's first touch was a MINOR fault");
+    assert_eq!(s.inherited_installed, installed as u64);
+    assert_eq!(s.sample_faults, 0, "an installed page's first touch faulted: it was not mapped");
     // The first write of an installed page is still seen (it was mapped write-protected).
     write_page(mem, 20, 6);
     assert!(engine.page(20).unwrap().dirty());

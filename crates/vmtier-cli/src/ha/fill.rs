@@ -1,9 +1,9 @@
 //! The new primary's background fill: after a warm failover the guest resumes at once on the
 //! secondary's warm set, and this thread reads the rest of the checkpoint's pages from shared
 //! storage behind it — the primary's hottest first, then the others in storage order, in
-//! batches of neighbouring slots — and installs them as prefetched pages
-//! ([`Engine::install_inherited`]). A page the guest touches before its batch arrives is simply
-//! faulted in on demand; one that arrives first costs the guest a MINOR fault instead of a read.
+//! batches of neighbouring slots — and installs them mapped ([`Engine::install_inherited`]). A
+//! page the guest touches before its batch arrives is simply faulted in on demand; one that
+//! arrives first costs the guest nothing on a read and a write-protect fault on its first write.
 //!
 //! The fill takes free DRAM frames only and stops when there are none: it never pushes out a
 //! page the guest is using.

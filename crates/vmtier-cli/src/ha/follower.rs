@@ -370,6 +370,8 @@ impl Follower {
             stored: map.iter().map(|(p, _, _)| p).collect(),
             memfd,
             source: Arc::new(InheritedMap { map: map.clone(), pages: SharedPages::new(self.layout.clone()) }),
+            // The new primary runs the micro-VM, whose KVM dirty log its checkpoints read.
+            logged_writes: true,
         };
         Ok(Takeover { inheritance, state, resident_pages, bytes_read, fill })
     }
