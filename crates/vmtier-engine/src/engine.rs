@@ -720,6 +720,8 @@ pub struct Snapshot {
     pub prefetch_accuracy: f64,
     /// Predictions that arrived after the guest had faulted on the page.
     pub prefetch_late: u64,
+    /// Of `prefetch_used`, pages mapped together with a used neighbour (their use assumed).
+    pub prefetch_mapped_ahead: u64,
     /// Prefetched pages evicted untouched.
     pub prefetch_wasted: u64,
     /// Bytes read for prefetched pages the guest never touched.
@@ -828,6 +830,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         },
         prefetch_late: l(&s.prefetch_late),
         prefetch_wasted: l(&s.prefetch_wasted),
+        prefetch_mapped_ahead: l(&s.prefetch_mapped_ahead),
         prefetch_wasted_bytes: l(&s.prefetch_wasted) * PAGE_SIZE as u64,
         prefetch_dropped: l(&s.prefetch_dropped),
         checkpoint_adopted: l(&s.checkpoint_adopted),

@@ -13,11 +13,14 @@ use vmtier_uffd::{AlignedBuf, Event, FaultKind, Filled, PAGE_SIZE};
 
 use crate::page_table::{CAPTURED, POISONED, PREFETCHED, WRITTEN};
 use crate::pager::Pager;
-use crate::stats::bump;
+use crate::stats::{add, bump};
 use crate::tracker::AccessKind;
 
 /// A deferred fault gives up (and poisons its page) after this many failed attempts at I/O.
 const MAX_IO_ATTEMPTS: u32 = 50;
+
+/// Most prefetched pages mapped together with a used one (64 KiB with it): see [`map_ahead`].
+pub(crate) const MAP_AHEAD_PAGES: usize = 15;
 
 enum Outcome {
     Done,
@@ -207,10 +210,55 @@ fn handle(p: &Pager, event: Event, buf: &mut AlignedBuf) -> Outcome {
                 if let Some(pf) = &p.prefetch {
                     pf.on_use(p, page as u64);
                 }
+                map_ahead(p, page);
             } else {
                 p.tracker.observe(page as u64, entry, AccessKind::Sample, write);
             }
         }
     }
     Outcome::Done
+}
+
+/// After the guest used prefetched `page`, maps the prefetched pages that follow it (up to
+/// [`MAP_AHEAD_PAGES`], while they are clean, untouched predictions) with one
+/// `UFFDIO_CONTINUE`, so that a guest streaming through them takes one MINOR fault per 64 KiB
+/// instead of one per page (8.6 µs per 4 KiB page against 0.9 through a 64 KiB one,
+/// `MACHINE.md`). Their use is then assumed, not seen: they count as used
+/// (`prefetch_used`) and as mapped ahead (`prefetch_mapped_ahead`), and the predictor hears of
+/// them as of used pages, in order.
+fn map_ahead(p: &Pager, page: usize) {
+    let mut held = Vec::with_capacity(MAP_AHEAD_PAGES);
+    for next in page + 1..(page + 1 + MAP_AHEAD_PAGES).min(p.table.len()) {
+        let Some(g) = p.table.get(next).try_lock() else { break };
+        let v = g.view();
+        // Mapped write-protected, as a clean page is: a page to map writable is left to its
+        // own fault.
+        if !v.resident() || v.word & PREFETCHED == 0 || v.word & (POISONED | WRITTEN) != 0 || v.dirty() {
+            break;
+        }
+        held.push(g);
+    }
+    if held.is_empty() {
+        return;
+    }
+    let n = held.len();
+    match p.uffd.continue_(p.addr(page + 1), n * PAGE_SIZE, true) {
+        Ok(_) => {}
+        Err(e) => {
+            // Left unmapped: each page's own first touch maps it.
+            error!(page = page + 1, pages = n, error = %crate::error::chain(&e), "mapping prefetched pages ahead failed");
+            return;
+        }
+    }
+    for g in &held {
+        g.clear(PREFETCHED);
+    }
+    drop(held);
+    add(&p.stats.prefetch_used, n as u64);
+    add(&p.stats.prefetch_mapped_ahead, n as u64);
+    if let Some(pf) = &p.prefetch {
+        for next in page + 1..=page + n {
+            pf.on_use(p, next as u64);
+        }
+    }
 }

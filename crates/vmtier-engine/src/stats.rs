@@ -65,6 +65,9 @@ pub struct Stats {
     pub prefetch_late: AtomicU64,
     /// Prefetched pages evicted before the guest touched them.
     pub prefetch_wasted: AtomicU64,
+    /// Prefetched pages mapped together with a used neighbour, their use assumed (a subset of
+    /// `prefetch_used`).
+    pub prefetch_mapped_ahead: AtomicU64,
     /// Predictions dropped (queue full, or no free or cold frame to take).
     pub prefetch_dropped: AtomicU64,
     /// Captured checkpoint copies adopted as their page's home (the page became clean).
@@ -108,6 +111,7 @@ impl Default for Stats {
             prefetch_used: z(),
             prefetch_late: z(),
             prefetch_wasted: z(),
+            prefetch_mapped_ahead: z(),
             prefetch_dropped: z(),
             checkpoint_adopted: z(),
             precleaned: z(),
