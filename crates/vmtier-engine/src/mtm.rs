@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! every tick:        advance time; unmap a sample of resident pages (access sampling)
-//! every decide tick: gather access data -> policy.decide -> migrate within the bandwidth budget
+//! every decide tick: [policy.observe every page] -> policy.decide each page, keeping bounded
+//!                    candidate lists -> migrate within the bandwidth budget
 //! every compact tick: compact tier 2 (move tail slots down, return space) and tier 3 segments
 //! ```
 //!
 //! Migration order: demote (to restore the DRAM headroom and make room for promotions, coldest
 //! first; eagerly for policies that ask), promote, then move stored pages between tier 2 and 3.
+//! A decision streams over the page table; its working memory is set by the DRAM size and the
+//! bandwidth budget, never by the number of guest pages.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -224,6 +227,7 @@ impl Mtm {
     /// hottest promotion candidates and the first tier 2↔3 moves, each within the budget. So
     /// the working memory depends on the DRAM size and the bandwidth, not on the guest's.
     pub(crate) fn decide_and_migrate(&mut self, p: &Pager) {
+        let started = Instant::now();
         let now = p.tracker.tick();
         let cfg = &self.cfg.mtm;
         let interval_s = (cfg.tick_ms * u64::from(cfg.decide_every_ticks)) as f64 / 1000.0;
@@ -247,10 +251,13 @@ impl Mtm {
         c.demote.reset(budget.max(VICTIMS).min(dram));
         c.demote_object.reset(if eager { budget.min(dram) } else { 0 });
         c.promote.reset(budget.min(dram));
+        // Step 3 moves at most half the budget's pages down to tier 3, and at most half up (each
+        // costs two): the first ones in page order are all it can use.
+        let moves = (budget / 2).min(pages);
         c.down.clear();
-        c.down.reserve_exact((budget / 2).min(pages));
+        c.down.reserve_exact(moves);
         c.up.clear();
-        c.up.reserve_exact((budget / 2).min(pages));
+        c.up.reserve_exact(moves);
         let (mut n_demote, mut n_promote, mut n_down, mut n_up) = (0, 0, 0, 0);
         for (i, e) in p.table.iter().enumerate() {
             let v = e.view();
@@ -272,19 +279,20 @@ impl Mtm {
                 }
                 (false, Tier::Object) if matches!(v.home(), Home::Ssd(_)) => {
                     n_down += 1;
-                    if c.down.len() < c.down.capacity() {
+                    if c.down.len() < moves {
                         c.down.push(i as u32);
                     }
                 }
                 (false, Tier::Ssd) if matches!(v.home(), Home::Object(_)) => {
                     n_up += 1;
-                    if c.up.len() < c.up.capacity() {
+                    if c.up.len() < moves {
                         c.up.push(i as u32);
                     }
                 }
                 _ => {}
             }
         }
+        let decided = started.elapsed();
         let demote = c.demote.take_sorted();
         let demote_object = c.demote_object.take_sorted();
         let promote = c.promote.take_sorted();
@@ -356,7 +364,15 @@ impl Mtm {
         // The lists, the policy's own, and the victims handed to the pager.
         let scratch = self.lists.bytes() + self.policy.scratch_bytes() + VICTIMS.min(dram) * size_of::<u32>();
         p.stats.mtm_scratch_bytes.store(scratch as u64, Ordering::Relaxed);
-        debug!(demote = n_demote, promote = n_promote, down = n_down, up = n_up, "mtm decision");
+        debug!(
+            demote = n_demote,
+            promote = n_promote,
+            down = n_down,
+            up = n_up,
+            decide_us = decided.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "mtm decision"
+        );
     }
 
     /// Moves pages down to `to` in batches (one write per batch).
