@@ -276,12 +276,13 @@ fn print_summary(s: &Snapshot, result: &GuestResult, verified: bool, cfg: &RunCo
         s.fault_latency_us.p50, s.fault_latency_us.p99, s.fault_latency_us.count
     );
     println!(
-        "  metadata {:.1} bytes/page (page table {:.0}, MTM scratch {}, prefetch {}, tier-2 allocator {})",
+        "  metadata: hot {:.1} bytes/page (page table), total {:.1} bytes/page (MTM scratch {}, prefetch {}, tier-2 allocator {}, replication {})",
+        s.hot_metadata_bytes_per_page,
         s.metadata_bytes_per_page,
-        s.page_table_bytes_per_page,
         mib(s.metadata_bytes.mtm_scratch),
         mib(s.metadata_bytes.prefetch),
-        mib(s.metadata_bytes.tier2_allocator)
+        mib(s.metadata_bytes.tier2_allocator),
+        mib(s.metadata_bytes.replication)
     );
     if let Some(l) = &result.guest_latency {
         println!("  guest-measured fault latency p50 {:.1} us, p99 {:.1} us (n={})", l.p50_us, l.p99_us, l.count);

@@ -736,20 +736,30 @@ pub struct Snapshot {
     pub replica_retained: u64,
     /// DRAM the engine keeps about guest pages, by structure.
     pub metadata_bytes: MetadataBytes,
-    /// All of `metadata_bytes` per 4 KiB guest page.
+    /// All of `metadata_bytes` per 4 KiB guest page (`hot` + `other`).
     pub metadata_bytes_per_page: f64,
-    /// The page table alone per guest page: the state kept for every page all the time.
-    pub page_table_bytes_per_page: f64,
+    /// The hot metadata per guest page: what is kept for every page all the time (the page
+    /// table, which the fault path reads).
+    pub hot_metadata_bytes_per_page: f64,
 }
 
 /// DRAM the engine keeps about guest pages (not counting guest data itself).
+///
+/// `hot` is what is kept for every page all the time — the page table; `other` is everything
+/// else: structures sized by DRAM, bandwidth or configuration (MTM scratch, prefetch tables) or
+/// a few bits per stored page (tier-2 allocator, replication).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MetadataBytes {
+    /// Kept per guest page all the time: the page table.
+    pub hot: u64,
+    /// All the rest: the sum of the fields below but `page_table`.
+    pub other: u64,
     /// The page table: 16 bytes per page (`page_table.rs`).
     pub page_table: u64,
-    /// The MTM's decision scratch: per-page statistics and targets, the policy's own.
+    /// The MTM's decision scratch: the policy's own (`hotset`'s score histogram) and the round's
+    /// bounded candidate lists; sized by DRAM and the bandwidth budget, not by the guest.
     pub mtm_scratch: u64,
-    /// The prefetcher's tables (`history`'s successor table).
+    /// The prefetcher's tables (`history`'s successor table, of a fixed size).
     pub prefetch: u64,
     /// The tier-2 slot allocator.
     pub tier2_allocator: u64,
@@ -773,13 +783,17 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
     let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let ssd = p.ssd.stats().unwrap_or_default();
     let obj = p.object.stats();
-    let metadata = MetadataBytes {
+    let mut metadata = MetadataBytes {
+        hot: 0,
+        other: 0,
         page_table: (p.table.len() * size_of::<PageEntry>()) as u64,
         mtm_scratch: l(&s.mtm_scratch_bytes),
         prefetch: p.prefetch.as_ref().map_or(0, |pf| pf.table_bytes() as u64),
         tier2_allocator: ssd.allocator_bytes,
         replication: p.repl.as_ref().map_or(0, ReplTrack::bytes),
     };
+    metadata.hot = metadata.page_table;
+    metadata.other = metadata.mtm_scratch + metadata.prefetch + metadata.tier2_allocator + metadata.replication;
     let pages = p.table.len().max(1) as f64;
     Snapshot {
         guest_bytes: cfg.memory.0,
@@ -836,13 +850,8 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         checkpoint_adopted: l(&s.checkpoint_adopted),
         precleaned: l(&s.precleaned),
         replica_retained: p.repl.as_ref().map_or(0, |r| l(&r.retained)),
-        metadata_bytes_per_page: (metadata.page_table
-            + metadata.mtm_scratch
-            + metadata.prefetch
-            + metadata.tier2_allocator
-            + metadata.replication) as f64
-            / pages,
-        page_table_bytes_per_page: metadata.page_table as f64 / pages,
+        metadata_bytes_per_page: (metadata.hot + metadata.other) as f64 / pages,
+        hot_metadata_bytes_per_page: metadata.hot as f64 / pages,
         metadata_bytes: metadata,
     }
 }

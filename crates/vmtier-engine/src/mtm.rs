@@ -2,14 +2,18 @@
 //!
 //! ```text
 //! every tick:        advance time; unmap a sample of resident pages (access sampling)
-//! every decide tick: gather access data -> policy.decide -> migrate within the bandwidth budget
+//! every decide tick: [policy.observe every page] -> policy.decide each page, keeping bounded
+//!                    candidate lists -> migrate within the bandwidth budget
 //! every compact tick: compact tier 2 (move tail slots down, return space) and tier 3 segments
 //! ```
 //!
 //! Migration order: demote (to restore the DRAM headroom and make room for promotions, coldest
 //! first; eagerly for policies that ask), promote, then move stored pages between tier 2 and 3.
+//! A decision streams over the page table; its working memory is set by the DRAM size and the
+//! bandwidth budget, never by the number of guest pages.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,18 +21,104 @@ use tracing::{debug, error};
 use vmtier_uffd::{AlignedBuf, PAGE_SIZE};
 
 use crate::config::EngineConfig;
-use crate::page_table::Home;
+use crate::page_table::{Home, PageView};
 use crate::pager::Pager;
 use crate::policy::{PageStats, Policy, PolicyContext, Tier};
 use crate::stats::add;
+
+/// Direct-reclaim victims published per decision (the coldest demotion candidates).
+const VICTIMS: usize = 1 << 16;
+
+/// What one page looks like to a policy at tick `now`.
+fn page_stats(p: &Pager, page: usize, v: &PageView, now: u32) -> PageStats {
+    let never = v.freq == 0 && v.seen == 0;
+    PageStats {
+        page: page as u64,
+        frequency: p.tracker.frequency(v.freq, v.seen, now),
+        idle_ticks: if never { u32::MAX / 2 } else { u32::from((now as u16).wrapping_sub(v.seen)) },
+        resident: v.resident(),
+        zero: !v.resident() && v.home() == Home::Zero,
+        home_tier: v.home().tier(),
+    }
+}
+
+/// The `cap` smallest items of a stream: a max-heap whose top is the largest kept, replaced by
+/// any smaller newcomer once full. Its buffer is kept from round to round.
+#[derive(Debug)]
+struct Smallest<T: Ord> {
+    heap: BinaryHeap<T>,
+    cap: usize,
+}
+
+impl<T: Ord> Default for Smallest<T> {
+    fn default() -> Self {
+        Self { heap: BinaryHeap::new(), cap: 0 }
+    }
+}
+
+impl<T: Ord> Smallest<T> {
+    /// Empties the heap for a round keeping at most `cap` items.
+    fn reset(&mut self, cap: usize) {
+        self.heap.clear();
+        self.heap.reserve_exact(cap);
+        self.cap = cap;
+    }
+
+    fn push(&mut self, item: T) {
+        if self.heap.len() < self.cap {
+            self.heap.push(item);
+        } else if let Some(mut top) = self.heap.peek_mut()
+            && item < *top
+        {
+            *top = item;
+        }
+    }
+
+    /// The items kept, smallest first (hand the vector back with [`give_back`](Self::give_back)).
+    fn take_sorted(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.heap).into_sorted_vec()
+    }
+
+    fn give_back(&mut self, mut v: Vec<T>) {
+        v.clear();
+        self.heap = BinaryHeap::from(v);
+    }
+
+    fn bytes(&self) -> usize {
+        self.heap.capacity() * size_of::<T>()
+    }
+}
+
+/// The bounded candidate lists of one decision.
+#[derive(Debug, Default)]
+struct Candidates {
+    /// Resident pages decided for tier 2/3, coldest kept: (score, page, target).
+    demote: Smallest<(u64, u32, Tier)>,
+    /// Of those, the pages decided for tier 3 (for eager policies).
+    demote_object: Smallest<(u64, u32, Tier)>,
+    /// Non-resident pages decided for tier 1, hottest kept.
+    promote: Smallest<Reverse<(u64, u32)>>,
+    /// Tier-2 pages decided for tier 3, in page order.
+    down: Vec<u32>,
+    /// Tier-3 pages decided for tier 2, in page order.
+    up: Vec<u32>,
+}
+
+impl Candidates {
+    fn bytes(&self) -> usize {
+        self.demote.bytes()
+            + self.demote_object.bytes()
+            + self.promote.bytes()
+            + (self.down.capacity() + self.up.capacity()) * size_of::<u32>()
+    }
+}
 
 /// State of the MTM between ticks.
 #[derive(Debug)]
 pub(crate) struct Mtm {
     cfg: EngineConfig,
     policy: Box<dyn Policy>,
-    pages: Vec<PageStats>,
-    targets: Vec<Tier>,
+    lists: Candidates,
     sample_hand: usize,
     buf: AlignedBuf,
     budget_pages: usize,
@@ -39,8 +129,7 @@ impl Mtm {
         Self {
             cfg,
             policy,
-            pages: Vec::new(),
-            targets: Vec::new(),
+            lists: Candidates::default(),
             sample_hand: 0,
             buf: AlignedBuf::zeroed(PAGE_SIZE),
             budget_pages: 0,
@@ -131,87 +220,122 @@ impl Mtm {
     }
 
     /// Gathers access data, asks the policy, and migrates.
+    ///
+    /// Streams over the page table (twice if the policy observes every page first) and keeps
+    /// only what this round can act on: the coldest demotion candidates (at most the bandwidth
+    /// budget, or the direct-reclaim victims if more, and never more than DRAM holds), the
+    /// hottest promotion candidates and the first tier 2↔3 moves, each within the budget. So
+    /// the working memory depends on the DRAM size and the bandwidth, not on the guest's.
     pub(crate) fn decide_and_migrate(&mut self, p: &Pager) {
+        let started = Instant::now();
         let now = p.tracker.tick();
         let cfg = &self.cfg.mtm;
         let interval_s = (cfg.tick_ms * u64::from(cfg.decide_every_ticks)) as f64 / 1000.0;
-        self.budget_pages = ((cfg.bandwidth_mbps as f64 * 1e6 * interval_s) / PAGE_SIZE as f64) as usize;
+        let budget = ((cfg.bandwidth_mbps as f64 * 1e6 * interval_s) / PAGE_SIZE as f64) as usize;
+        self.budget_pages = budget;
         let cold_after_ticks = (cfg.cold_after_ms / cfg.tick_ms).max(1) as u32;
-        self.pages.clear();
+        let headroom = cfg.headroom_pages;
+        let dram = p.budget.cap();
+        let ctx = PolicyContext { dram_pages: dram.saturating_sub(headroom), cold_after_ticks };
+        let eager = self.policy.eager_demotion();
+        let pages = p.table.len();
+
+        self.policy.begin(&ctx);
+        if self.policy.observes_all() {
+            for (i, e) in p.table.iter().enumerate() {
+                self.policy.observe(&page_stats(p, i, &e.view(), now));
+            }
+        }
+
+        let c = &mut self.lists;
+        c.demote.reset(budget.max(VICTIMS).min(dram));
+        c.demote_object.reset(if eager { budget.min(dram) } else { 0 });
+        c.promote.reset(budget.min(dram));
+        // Step 3 moves at most half the budget's pages down to tier 3, and at most half up (each
+        // costs two): the first ones in page order are all it can use.
+        let moves = (budget / 2).min(pages);
+        c.down.clear();
+        c.down.reserve_exact(moves);
+        c.up.clear();
+        c.up.reserve_exact(moves);
+        let (mut n_demote, mut n_promote, mut n_down, mut n_up) = (0, 0, 0, 0);
         for (i, e) in p.table.iter().enumerate() {
             let v = e.view();
-            let never = v.freq == 0 && v.seen == 0;
-            self.pages.push(PageStats {
-                page: i as u64,
-                frequency: p.tracker.frequency(v.freq, v.seen, now),
-                idle_ticks: if never { u32::MAX / 2 } else { u32::from((now as u16).wrapping_sub(v.seen)) },
-                resident: v.resident(),
-                zero: !v.resident() && v.home() == Home::Zero,
-                home_tier: v.home().tier(),
-            });
-        }
-        self.targets.clear();
-        self.targets.resize(self.pages.len(), Tier::Ssd);
-        let headroom = cfg.headroom_pages;
-        let ctx = PolicyContext { dram_pages: p.budget.cap().saturating_sub(headroom), cold_after_ticks };
-        self.policy.decide(&ctx, &self.pages, &mut self.targets);
-        let scratch = self.pages.capacity() * size_of::<PageStats>()
-            + self.targets.capacity() * size_of::<Tier>()
-            + self.policy.scratch_bytes();
-        p.stats.mtm_scratch_bytes.store(scratch as u64, Ordering::Relaxed);
-
-        let score = |s: &PageStats| (u64::from(s.frequency) << 32) | u64::from(u32::MAX - s.idle_ticks);
-        let mut demote: Vec<(u64, usize)> = Vec::new();
-        let mut promote: Vec<(u64, usize)> = Vec::new();
-        let mut down: Vec<usize> = Vec::new();
-        let mut up: Vec<usize> = Vec::new();
-        for (s, &t) in self.pages.iter().zip(&self.targets) {
-            let i = s.page as usize;
+            let s = page_stats(p, i, &v, now);
+            let t = self.policy.decide(&ctx, &s);
+            let score = (u64::from(s.frequency) << 32) | u64::from(u32::MAX - s.idle_ticks);
             match (s.resident, t) {
                 (true, Tier::Dram) => {}
-                (true, _) => demote.push((score(s), i)),
-                (false, Tier::Dram) if !s.zero => promote.push((score(s), i)),
-                (false, Tier::Object) if matches!(p.table.get(i).view().home(), Home::Ssd(_)) => down.push(i),
-                (false, Tier::Ssd) if matches!(p.table.get(i).view().home(), Home::Object(_)) => up.push(i),
+                (true, _) => {
+                    n_demote += 1;
+                    c.demote.push((score, i as u32, t));
+                    if t == Tier::Object {
+                        c.demote_object.push((score, i as u32, t));
+                    }
+                }
+                (false, Tier::Dram) if !s.zero => {
+                    n_promote += 1;
+                    c.promote.push(Reverse((score, i as u32)));
+                }
+                (false, Tier::Object) if matches!(v.home(), Home::Ssd(_)) => {
+                    n_down += 1;
+                    if c.down.len() < moves {
+                        c.down.push(i as u32);
+                    }
+                }
+                (false, Tier::Ssd) if matches!(v.home(), Home::Object(_)) => {
+                    n_up += 1;
+                    if c.up.len() < moves {
+                        c.up.push(i as u32);
+                    }
+                }
                 _ => {}
             }
         }
-        demote.sort_unstable();
-        promote.sort_unstable_by(|a, b| b.cmp(a));
+        let decided = started.elapsed();
+        let demote = c.demote.take_sorted();
+        let demote_object = c.demote_object.take_sorted();
+        let promote = c.promote.take_sorted();
+        let down = std::mem::take(&mut c.down);
+        let up = std::mem::take(&mut c.up);
         // Direct reclaim on the fault path takes the coldest candidates first.
-        p.publish_victims(demote.iter().take(1 << 16).rev().map(|&(_, i)| i as u32).collect());
+        p.publish_victims(demote.iter().take(VICTIMS).rev().map(|&(_, i, _)| i).collect());
 
         // 1. Demote: restore headroom plus room for promotions; eagerly too if the policy says so.
-        let want_free = headroom + promote.len().min(self.budget_pages / 2);
+        // Coldest first: everything until enough room is free, then (eagerly) only pages decided
+        // for tier 3 — those after the first part, in `demote_object`.
+        let want_free = headroom + n_promote.min(budget / 2);
         let need = want_free.saturating_sub(p.budget.free());
-        let eager = self.policy.eager_demotion();
         let mut to_object = Vec::new();
         let mut to_ssd = Vec::new();
-        let mut taken = 0;
-        for &(_, page) in &demote {
-            let target = self.targets[page];
-            if taken >= need && !(eager && target == Tier::Object) {
-                continue;
-            }
+        let mut last = None;
+        for &(score, page, target) in demote.iter().take(need) {
             if !self.spend(1) {
                 break;
             }
-            taken += 1;
-            if target == Tier::Object {
-                to_object.push(page);
-            } else {
-                to_ssd.push(page);
+            last = Some((score, page));
+            if target == Tier::Object { to_object.push(page as usize) } else { to_ssd.push(page as usize) }
+        }
+        if eager {
+            for &(score, page, _) in &demote_object {
+                if last.is_some_and(|l| (score, page) <= l) {
+                    continue;
+                }
+                if !self.spend(1) {
+                    break;
+                }
+                to_object.push(page as usize);
             }
         }
         self.flush(p, &to_ssd, Tier::Ssd);
         self.flush(p, &to_object, Tier::Object);
 
         // 2. Promote while frames are free beyond the headroom.
-        for &(_, page) in &promote {
+        for &Reverse((_, page)) in &promote {
             if p.budget.free() <= headroom || !self.spend(1) {
                 break;
             }
-            if let Err(e) = p.promote(page, &mut self.buf) {
+            if let Err(e) = p.promote(page as usize, &mut self.buf) {
                 error!(page, error = %crate::error::chain(&e), "promotion failed");
             }
         }
@@ -219,18 +343,36 @@ impl Mtm {
         // 3. Stored pages: cold ones down to tier 3, warm ones up to tier 2.
         let n = down.len().min(self.budget_pages / 2);
         self.budget_pages -= n;
-        self.flush(p, &down[..n], Tier::Object);
+        let down_pages: Vec<usize> = down[..n].iter().map(|&i| i as usize).collect();
+        self.flush(p, &down_pages, Tier::Object);
         for &page in &up {
             if p.tier2_is_full() || !self.spend(2) {
                 break;
             }
-            match p.move_to_ssd(page, &mut self.buf) {
+            match p.move_to_ssd(page as usize, &mut self.buf) {
                 Err(e) if crate::pager::tier2_refused(&e) => p.note_tier2_refused(&e),
                 Err(e) => error!(page, error = %crate::error::chain(&e), "move to tier 2 failed"),
                 Ok(_) => {}
             }
         }
-        debug!(demote = demote.len(), promote = promote.len(), down = down.len(), up = up.len(), "mtm decision");
+        let c = &mut self.lists;
+        c.demote.give_back(demote);
+        c.demote_object.give_back(demote_object);
+        c.promote.give_back(promote);
+        c.down = down;
+        c.up = up;
+        // The lists, the policy's own, and the victims handed to the pager.
+        let scratch = self.lists.bytes() + self.policy.scratch_bytes() + VICTIMS.min(dram) * size_of::<u32>();
+        p.stats.mtm_scratch_bytes.store(scratch as u64, Ordering::Relaxed);
+        debug!(
+            demote = n_demote,
+            promote = n_promote,
+            down = n_down,
+            up = n_up,
+            decide_us = decided.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "mtm decision"
+        );
     }
 
     /// Moves pages down to `to` in batches (one write per batch).

@@ -26,13 +26,16 @@
 //! bitmap. Reading or writing a slot that is not allocated is a caller bug that this store does
 //! not detect on the I/O path (it would cost a shared lock per I/O).
 //!
+//! Allocation is bits per slot: one bit per slot says allocated, one per 64 slots says "this
+//! word has a free slot", and a hint names the lowest summary word that may have one — about
+//! 2 bits of DRAM per slot in all, with the hole bitmap below, whatever the number of free slots.
+//!
 //! Compaction (the concept's `compactMemory`): [`SsdStore::alloc`] always hands out the lowest
 //! free slot, so the tail files drain over time. [`SsdStore::compaction_plan`] names live slots in
 //! mostly-free tail files that are worth moving down; the engine moves each (alloc, read, write,
 //! update its page table, free). [`SsdStore::shrink`] then deletes trailing files without live
 //! slots and punches holes over free slots elsewhere, returning the space to the file system.
 
-use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -379,8 +382,8 @@ pub struct SsdStats {
     pub file_bytes: u64,
     /// Disk space the slot files occupy (`st_blocks * 512`, summed).
     pub disk_bytes_allocated: u64,
-    /// DRAM the allocator uses: two bits per slot of every file, the live count per file, and
-    /// about 8 bytes per free slot in the free set (a B-tree of `u32`, estimated).
+    /// DRAM the allocator uses: two bits per slot of every file (allocated, punched out), one
+    /// bit per 64 slots (the free-word summary) and the live count per file.
     pub allocator_bytes: u64,
 }
 
@@ -394,12 +397,85 @@ struct SlotFile {
 struct AllocState {
     /// One bit per slot of every file: allocated.
     live: Vec<u64>,
+    /// One bit per word of `live`: the word has a clear bit (a free slot, or — in the last word
+    /// only — a bit past the last slot).
+    summary: Vec<u64>,
+    /// Every summary word below this one is zero: the lowest free slot is at or above
+    /// `hint * 64 * 64`.
+    hint: usize,
     /// Live slots per file.
     live_per_file: Vec<u32>,
-    /// Free slots of existing files, lowest first.
-    free: BTreeSet<u32>,
     /// One bit per slot: free and already punched out (no disk space).
     hole: Vec<u64>,
+}
+
+impl AllocState {
+    /// Brings the summary bit of `live` word `w` up to date, and the hint down to it if it has
+    /// a free slot.
+    fn summarize(&mut self, w: usize) {
+        let has_free = self.live[w] != u64::MAX;
+        set_bit(&mut self.summary, w as u32, has_free);
+        if has_free {
+            self.hint = self.hint.min(w / 64);
+        }
+    }
+
+    /// Resizes the bitmaps from `from` slots to `slots` (new slots free and, per `hole`,
+    /// punched out); bits past the last slot are cleared.
+    fn resize(&mut self, from: u64, slots: u64, hole: bool) {
+        let words = slots.div_ceil(64) as usize;
+        self.live.resize(words, 0);
+        self.hole.resize(words, 0);
+        self.summary.resize(words.div_ceil(64), 0);
+        let start = from.min(slots);
+        for s in start..words as u64 * 64 {
+            set_bit(&mut self.live, s as u32, false);
+            set_bit(&mut self.hole, s as u32, hole && s < slots);
+        }
+        for w in start as usize / 64..words {
+            self.summarize(w);
+        }
+        for w in words..self.summary.len() * 64 {
+            set_bit(&mut self.summary, w as u32, false);
+        }
+        self.hint = self.hint.min(self.summary.len());
+    }
+
+    /// The lowest free slot below `slots`, if any.
+    fn lowest_free(&mut self, slots: u64) -> Option<u32> {
+        while self.hint < self.summary.len() {
+            let sw = self.summary[self.hint];
+            if sw == 0 {
+                self.hint += 1;
+                continue;
+            }
+            let w = self.hint * 64 + sw.trailing_zeros() as usize;
+            let slot = (w * 64 + (!self.live[w]).trailing_zeros() as usize) as u64;
+            // Only the last word may have clear bits past the last slot.
+            return (slot < slots).then_some(slot as u32);
+        }
+        None
+    }
+
+    /// Free slots below `slots` that are not punched out yet, as runs (first slot, count).
+    fn unpunched_free_runs(&self, slots: u64, spf: u32) -> Vec<(u32, u32)> {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for (w, (&live, &hole)) in self.live.iter().zip(&self.hole).enumerate() {
+            let mut bits = !live & !hole;
+            while bits != 0 {
+                let s = (w * 64) as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                if u64::from(s) >= slots {
+                    break;
+                }
+                match runs.last_mut() {
+                    Some((first, n)) if *first + *n == s && !s.is_multiple_of(spf) => *n += 1,
+                    _ => runs.push((s, 1)),
+                }
+            }
+        }
+        runs
+    }
 }
 
 fn bit(v: &[u64], i: u32) -> bool {
@@ -605,19 +681,28 @@ impl SsdStore {
             return Err(SsdError::Config { reason: "the store was opened read-only (open_reader)".into() });
         }
         let mut st = self.alloc.lock();
-        if st.free.is_empty() {
-            self.grow(&mut st)?;
-        }
-        let Some(slot) = st.free.pop_first() else {
-            unreachable!("grow adds free slots");
+        let slots = self.slots(&st);
+        let slot = match st.lowest_free(slots) {
+            Some(slot) => slot,
+            None => {
+                self.grow(&mut st)?;
+                let slots = self.slots(&st);
+                st.lowest_free(slots).expect("a new slot file has free slots")
+            }
         };
         set_bit(&mut st.live, slot, true);
         set_bit(&mut st.hole, slot, false);
+        st.summarize(slot as usize / 64);
         st.live_per_file[(slot / self.spf()) as usize] += 1;
         Ok(SlotId(slot))
     }
 
-    /// Adds a new, sparse slot file and puts all its slots on the free list.
+    /// Slots in all files.
+    fn slots(&self, st: &AllocState) -> u64 {
+        st.live_per_file.len() as u64 * u64::from(self.spf())
+    }
+
+    /// Adds a new, sparse slot file, all its slots free.
     fn grow(&self, st: &mut AllocState) -> Result<(), SsdError> {
         let spf = self.spf();
         let index = st.live_per_file.len() as u32;
@@ -630,16 +715,9 @@ impl SsdStore {
         file.set_len(u64::from(spf) * PAGE).map_err(|source| SsdError::CreateFile { file: path.clone(), source })?;
         tracing::debug!(file = %path.display(), "tier 2 grew by one slot file");
         self.files.write().push(Arc::new(SlotFile { file, path }));
-        let words = ((first + u64::from(spf)).div_ceil(64)) as usize;
-        st.live.resize(words, 0);
-        st.hole.resize(words, 0);
-        st.live_per_file.push(0);
-        let first = first as u32;
-        st.free.extend(first..first + spf);
         // A new sparse file has no blocks: all its slots are holes.
-        for s in first..first + spf {
-            set_bit(&mut st.hole, s, true);
-        }
+        st.resize(first, first + u64::from(spf), true);
+        st.live_per_file.push(0);
         Ok(())
     }
 
@@ -652,8 +730,8 @@ impl SsdStore {
             return Err(SsdError::DoubleFree { slot });
         }
         set_bit(&mut st.live, slot.0, false);
+        st.summarize(slot.0 as usize / 64);
         st.live_per_file[(slot.0 / self.spf()) as usize] -= 1;
-        st.free.insert(slot.0);
         Ok(())
     }
 
@@ -881,16 +959,9 @@ impl SsdStore {
             let index = st.live_per_file.len() - 1;
             let f = self.files.write().pop();
             st.live_per_file.pop();
-            let first = index as u32 * spf;
-            let _tail = st.free.split_off(&first);
-            let words = (u64::from(first).div_ceil(64)) as usize;
-            st.live.truncate(words);
-            st.hole.truncate(words);
-            // Clear bits of the deleted file that share the last word with the previous file.
-            for s in first..(words as u32 * 64) {
-                set_bit(&mut st.live, s, false);
-                set_bit(&mut st.hole, s, false);
-            }
+            let first = u64::from(index as u32 * spf);
+            // Also clears bits of the deleted file that share the last word with the previous one.
+            st.resize(first, first, false);
             if let Some(f) = f {
                 std::fs::remove_file(&f.path)
                     .map_err(|source| SsdError::RemoveFile { file: f.path.clone(), source })?;
@@ -899,16 +970,7 @@ impl SsdStore {
         }
         // 2. Holes over runs of free, not yet punched slots.
         let files: Vec<Arc<SlotFile>> = self.files.read().clone();
-        let mut runs: Vec<(u32, u32)> = Vec::new(); // (first slot, count)
-        for &s in &st.free {
-            if bit(&st.hole, s) {
-                continue;
-            }
-            match runs.last_mut() {
-                Some((first, n)) if *first + *n == s && s % spf != 0 => *n += 1,
-                _ => runs.push((s, 1)),
-            }
-        }
+        let runs = st.unpunched_free_runs(self.slots(&st), spf);
         for (first, n) in runs {
             let f = &files[(first / spf) as usize];
             let offset = u64::from(first % spf) * PAGE;
@@ -947,9 +1009,9 @@ impl SsdStore {
         let (live, free, allocator_bytes) = {
             let st = self.alloc.lock();
             let live: u64 = st.live_per_file.iter().map(|&l| u64::from(l)).sum();
-            let words = (st.live.capacity() + st.hole.capacity()) * size_of::<u64>();
-            let bytes = words + st.live_per_file.capacity() * size_of::<u32>() + st.free.len() * 8;
-            (live, st.free.len() as u64, bytes as u64)
+            let words = (st.live.capacity() + st.hole.capacity() + st.summary.capacity()) * size_of::<u64>();
+            let bytes = words + st.live_per_file.capacity() * size_of::<u32>();
+            (live, self.slots(&st) - live, bytes as u64)
         };
         let files: Vec<Arc<SlotFile>> = self.files.read().clone();
         let mut stats = SsdStats {
@@ -1004,6 +1066,48 @@ mod tests {
             *x = seed.wrapping_add(i as u8);
         }
         b
+    }
+
+    /// The bitmap allocator against a model (the set of allocated slots): always the lowest
+    /// free slot, across files that share bitmap words (100 slots a file) or not (128), through
+    /// frees, growth and shrinks; its DRAM stays bits per slot however many slots are free.
+    #[test]
+    fn allocator_hands_out_the_lowest_free_slot() {
+        for spf in [100, 128] {
+            let (_d, s) = store(spf);
+            let mut model = std::collections::BTreeSet::new();
+            let mut seed = u64::from(spf);
+            let mut rnd = |n: u64| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 33) % n
+            };
+            for round in 0..6000 {
+                let r = rnd(100);
+                // Phases that grow the store, drain it and grow it again.
+                let alloc_share = if (round / 1000) % 2 == 0 { 70 } else { 30 };
+                if r < alloc_share || model.is_empty() {
+                    let slot = s.alloc().expect("alloc");
+                    let lowest = (0..).find(|i| !model.contains(i)).expect("an id");
+                    assert_eq!(slot.0, lowest, "spf {spf}, round {round}");
+                    model.insert(slot.0);
+                } else if r < 98 {
+                    let i = rnd(model.len() as u64) as usize;
+                    let slot = *model.iter().nth(i).expect("in range");
+                    model.remove(&slot);
+                    s.free(SlotId(slot)).expect("free");
+                } else {
+                    s.shrink().expect("shrink");
+                }
+                let st = s.stats().expect("stats");
+                assert_eq!(st.live_slots, model.len() as u64);
+                let slots = u64::from(st.files) * u64::from(spf);
+                assert_eq!(st.free_slots, slots - model.len() as u64);
+                assert!(model.last().is_none_or(|&l| u64::from(l) < slots));
+                // Two bits per slot, one per 64 slots, a count per file; allow for rounding
+                // to whole words and vector growth.
+                assert!(st.allocator_bytes <= 2 * (slots / 4 + 64 + 8 * u64::from(st.files)) + 64, "{st:?}");
+            }
+        }
     }
 
     /// Found by the `tier2_slots` fuzz target: a span starting near `u32::MAX` (slot numbers come

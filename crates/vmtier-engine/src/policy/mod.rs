@@ -1,10 +1,11 @@
 //! Placement policies: given each page's access statistics, the tier it should live in.
 //!
-//! One file per policy behind the [`Policy`] trait. The MTM turns decisions into moves within
-//! the DRAM cap and the bandwidth budget: it promotes non-resident pages decided for tier 1 while
-//! frames are free, demotes resident pages decided for tier 2/3 (coldest first) when DRAM needs
-//! room — or at once if the policy asks for eager demotion — and moves stored pages between
-//! tier 2 and tier 3.
+//! One file per policy behind the [`Policy`] trait, which decides one page at a time (after an
+//! optional pass that observes every page), so a decision needs no per-page scratch. The MTM
+//! turns decisions into moves within the DRAM cap and the bandwidth budget: it promotes
+//! non-resident pages decided for tier 1 while frames are free, demotes resident pages decided
+//! for tier 2/3 (coldest first) when DRAM needs room — or at once if the policy asks for eager
+//! demotion — and moves stored pages between tier 2 and tier 3.
 
 mod hotset;
 mod threshold;
@@ -52,12 +53,33 @@ pub struct PolicyContext {
 }
 
 /// A placement policy.
+///
+/// A decision round is streamed over the page table, so the policy's working memory does not
+/// grow with the guest: [`begin`](Self::begin), then — if [`observes_all`](Self::observes_all)
+/// — one [`observe`](Self::observe) per page (a first pass, e.g. to size a hot set), then one
+/// [`decide`](Self::decide) per page, in page order.
 pub trait Policy: Send + std::fmt::Debug {
     /// Short name for reports.
     fn name(&self) -> &'static str;
 
-    /// Writes the tier for `pages[i]` into `out[i]` (`out` has the same length).
-    fn decide(&mut self, ctx: &PolicyContext, pages: &[PageStats], out: &mut [Tier]);
+    /// Whether the policy needs to see every page through [`observe`](Self::observe) before it
+    /// decides any.
+    fn observes_all(&self) -> bool {
+        false
+    }
+
+    /// Starts a decision round.
+    fn begin(&mut self, ctx: &PolicyContext) {
+        let _ = ctx;
+    }
+
+    /// The first pass: sees one page (only if [`observes_all`](Self::observes_all)).
+    fn observe(&mut self, page: &PageStats) {
+        let _ = page;
+    }
+
+    /// The tier of one page.
+    fn decide(&mut self, ctx: &PolicyContext, page: &PageStats) -> Tier;
 
     /// Bytes of working memory the policy keeps between decisions.
     fn scratch_bytes(&self) -> usize {
@@ -69,6 +91,18 @@ pub trait Policy: Send + std::fmt::Debug {
     fn eager_demotion(&self) -> bool {
         false
     }
+}
+
+/// One whole round over `pages` (held in memory): the tier of each, as the MTM would decide it
+/// streaming over the page table. For tests and tools.
+pub fn decide_all(policy: &mut dyn Policy, ctx: &PolicyContext, pages: &[PageStats]) -> Vec<Tier> {
+    policy.begin(ctx);
+    if policy.observes_all() {
+        for p in pages {
+            policy.observe(p);
+        }
+    }
+    pages.iter().map(|p| policy.decide(ctx, p)).collect()
 }
 
 /// Builds the policy the configuration names.

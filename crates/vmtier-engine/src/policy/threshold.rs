@@ -60,10 +60,8 @@ impl Policy for ThresholdPolicy {
         "threshold"
     }
 
-    fn decide(&mut self, _ctx: &PolicyContext, pages: &[PageStats], out: &mut [Tier]) {
-        for (p, o) in pages.iter().zip(out.iter_mut()) {
-            *o = self.tier_page(p.frequency, self.priority.priority(p.page));
-        }
+    fn decide(&mut self, _ctx: &PolicyContext, p: &PageStats) -> Tier {
+        self.tier_page(p.frequency, self.priority.priority(p.page))
     }
 
     fn eager_demotion(&self) -> bool {
@@ -123,9 +121,8 @@ mod tests {
                 home_tier: 2,
             })
             .collect();
-        let mut out = vec![Tier::Ssd; 4];
         let ctx = PolicyContext { dram_pages: 10, cold_after_ticks: 10 };
-        p.decide(&ctx, &pages, &mut out);
+        let out = crate::policy::decide_all(&mut p, &ctx, &pages);
         assert_eq!(out, vec![Tier::Dram, Tier::Ssd, Tier::Ssd, Tier::Object]);
     }
 }

@@ -22,8 +22,13 @@
 //! from an earlier phase (say, memory written sequentially, now read with a stride), so they
 //! win when they predict; when they do not, the chain predicts.
 //!
-//! The table is direct-mapped with 2^k entries of 8 bytes (at most one per guest page and at
-//! most 2^22, 32 MiB): a key tag, the successor and the confidence. Collisions overwrite.
+//! The table is direct-mapped with 2^k entries of 9 bytes: a key tag, the successor and the
+//! confidence. It has at most one entry per guest page and at most [`MAX_TABLE_ENTRIES`]
+//! (2.25 MiB), so its size does not grow with the guest; a new link replaces the one it
+//! collides with. The table needs about one entry per page of the repeated order to follow it:
+//! replaying the `xz6` trace's faults (5,209 pages), a table of 4096 entries avoids 90% of
+//! them, 2048 entries 51%, 1024 entries 12%; on `sort`, whose faults are mostly streams, even 64
+//! entries avoid 95.8% against 96.9% with 4096.
 
 use super::Prefetcher;
 use super::streams::Streams;
@@ -40,6 +45,11 @@ struct Entry {
 
 /// Confidence bits live beside the table (one byte per entry).
 const MAX_CONF: u8 = 3;
+
+/// The largest successor table: 2^18 entries, 2.25 MiB, whatever the guest's size. It remembers
+/// the order of up to 256 Ki faulting pages (1 GiB); a repeated traversal of more pages than
+/// that loses links to collisions and is followed in parts.
+pub const MAX_TABLE_ENTRIES: u64 = 1 << 18;
 
 /// Successor-history prefetcher.
 #[derive(Debug)]
@@ -60,9 +70,15 @@ pub struct History {
 }
 
 impl History {
-    /// A predictor for `pages` guest pages, prefetching at most `max` pages ahead.
+    /// A predictor for `pages` guest pages, prefetching at most `max` pages ahead: a table of
+    /// one entry per guest page, at least 1024 and at most [`MAX_TABLE_ENTRIES`].
     pub fn new(pages: u64, max: u64) -> Self {
-        let size = pages.clamp(1024, 1 << 22).next_power_of_two() as usize;
+        Self::with_table(pages.clamp(1024, MAX_TABLE_ENTRIES), max)
+    }
+
+    /// A predictor with a successor table of `entries` (rounded up to a power of two).
+    pub fn with_table(entries: u64, max: u64) -> Self {
+        let size = entries.max(1).next_power_of_two() as usize;
         Self {
             max,
             table: vec![Entry::default(); size],
@@ -226,5 +242,28 @@ mod tests {
         let seq: Vec<u64> = (0..1000).map(|i| 5000 + 3 * i).collect();
         let (avoided, _) = replay(&mut History::new(1 << 20, 32), &seq);
         assert!(avoided > 900, "{avoided}");
+    }
+
+    #[test]
+    fn the_table_stops_growing_with_the_guest() {
+        let small = History::new(MAX_TABLE_ENTRIES, 32).table_bytes();
+        assert_eq!(small, MAX_TABLE_ENTRIES as usize * 9);
+        assert_eq!(History::new(16 * MAX_TABLE_ENTRIES, 32).table_bytes(), small);
+        assert_eq!(History::new(1 << 32, 32).table_bytes(), small);
+        // A small guest keeps a small table.
+        assert_eq!(History::new(2000, 32).table_bytes(), 2048 * 9);
+    }
+
+    #[test]
+    fn a_huge_guest_with_the_capped_table_still_follows_a_tour() {
+        // A pointer chase over 5,000 pages scattered over 2^30 pages (4 TiB) of a guest far
+        // larger than the table: the table stays at its cap and the repeats are still predicted.
+        let t: Vec<u64> = tour(5000, 3).iter().map(|p| p.wrapping_mul(0x9E37_79B9) % (1 << 30)).collect();
+        let seq: Vec<u64> = t.iter().chain(&t).chain(&t).copied().collect();
+        let mut h = History::new(1 << 42, 32);
+        assert_eq!(h.table_bytes(), MAX_TABLE_ENTRIES as usize * 9);
+        let (avoided, issued) = replay(&mut h, &seq);
+        assert!(avoided >= 2 * t.len() - 200, "{avoided} of {} repeat touches avoided", 2 * t.len());
+        assert!(issued <= avoided + 300, "accuracy: issued {issued}, used {avoided}");
     }
 }
