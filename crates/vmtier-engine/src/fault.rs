@@ -35,29 +35,17 @@ struct Parked {
 }
 
 /// Runs one fault handler until `stop` is set.
-///
-/// Handlers take turns reading the userfaultfd (leader/followers): one at a time waits in
-/// `poll` and reads a batch of events, then lets the next one in while it serves them. All of
-/// them polling the one descriptor would wake every handler for every fault, and all but one
-/// would find nothing to read — a wake-up and two syscalls wasted per fault on two vCPUs. A
-/// handler with parked faults does not queue for its turn: it retries them every 200 µs.
 pub(crate) fn handler_loop(p: &Pager, stop: &AtomicBool) {
     let mut events = Vec::with_capacity(64);
     let mut parked: VecDeque<Parked> = VecDeque::new();
     let mut buf = AlignedBuf::zeroed(PAGE_SIZE);
     while !stop.load(Ordering::Relaxed) {
+        let timeout = if parked.is_empty() { Duration::from_millis(50) } else { Duration::from_micros(200) };
         events.clear();
-        let turn = if parked.is_empty() { Some(p.event_reader.lock()) } else { p.event_reader.try_lock() };
-        if turn.is_some() {
-            let timeout = if parked.is_empty() { Duration::from_millis(50) } else { Duration::from_micros(200) };
-            if let Err(e) = p.uffd.read_events(&mut events, 64, Some(timeout)) {
-                error!(error = %crate::error::chain(&e), "reading the userfaultfd failed; fault handler stops");
-                return;
-            }
-        } else {
-            std::thread::sleep(Duration::from_micros(200));
+        if let Err(e) = p.uffd.read_events(&mut events, 64, Some(timeout)) {
+            error!(error = %crate::error::chain(&e), "reading the userfaultfd failed; fault handler stops");
+            return;
         }
-        drop(turn);
         for _ in 0..parked.len() {
             let Some(mut item) = parked.pop_front() else {
                 break;

@@ -115,8 +115,6 @@ pub struct Pager {
     pub(crate) headroom: usize,
     /// The background reclaimer's thread, to wake it (set when it starts).
     reclaimer: OnceLock<std::thread::Thread>,
-    /// Held by the fault handler reading the userfaultfd (see `fault::handler_loop`).
-    pub(crate) event_reader: parking_lot::Mutex<()>,
     /// Change tracking for checkpoint replication, when it is on.
     pub(crate) repl: Option<ReplTrack>,
     /// Where `Home::Inherited` pages are read from, after a failover.
@@ -183,7 +181,6 @@ impl Pager {
             fault_around,
             headroom,
             reclaimer: OnceLock::new(),
-            event_reader: parking_lot::Mutex::new(()),
             repl: None,
             inherited: None,
             logged: false,
