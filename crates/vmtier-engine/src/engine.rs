@@ -805,7 +805,9 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         zero_pages: zero,
         dirty_pages: dirty,
         faults: l(&s.faults_missing),
-        sample_faults: l(&s.faults_minor).saturating_sub(l(&s.prefetch_used)),
+        // Minor faults that were not a prediction's first use (mapped-ahead uses took none).
+        sample_faults: l(&s.faults_minor)
+            .saturating_sub(l(&s.prefetch_used).saturating_sub(l(&s.prefetch_mapped_ahead))),
         write_faults: l(&s.faults_wp),
         zero_fills: l(&s.zero_fills),
         tier2_hits: l(&s.tier2_hits),
