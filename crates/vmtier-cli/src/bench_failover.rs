@@ -84,10 +84,10 @@ pub struct Args {
     /// Directory for the shared log and every engine's tiers (removed afterwards).
     #[arg(long, default_value = "vmtier-data/bench-failover")]
     pub dir: PathBuf,
-    /// `warm` with the new primary's background fill of the pages its warm set lacks
-    /// (`replication.fill_after_failover`).
+    /// `warm` without the new primary's background fill of the pages its warm set lacks
+    /// (`replication.fill_after_failover = false`; it is on by default).
     #[arg(long)]
-    pub fill: bool,
+    pub no_fill: bool,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -341,7 +341,7 @@ fn one_failover(
             .context("starting the new primary's engine")?;
         let resume_s = started.elapsed().as_secs_f64();
         let pages = SharedPages::new(layout.clone());
-        let fill = (args.fill && !take.fill.is_empty()).then_some((&pages, &take.fill[..]));
+        let fill = (!args.no_fill && !take.fill.is_empty()).then_some((&pages, &take.fill[..]));
         let (samples, filled) =
             resume(&engine, &spec, take.state, writer, follower.map(), &cadence, &store, fill, secs(args.after_s))?;
         let snap = engine.shutdown();

@@ -105,8 +105,8 @@ pub struct ReplicationSection {
     /// default: measured, it costs more guest time than it saves (BENCHMARKS.md).
     pub preclean: bool,
     /// After a failover, read the pages the warm set lacks in the background into free DRAM
-    /// (`ha/fill.rs`). Off by default: measured, filling DRAM with the primary's cold pages
-    /// lowered the resumed guest's throughput for the rest of the run (BENCHMARKS.md).
+    /// (`ha/fill.rs`), mapped, behind the resumed guest. On by default: it removes most of the
+    /// faults after a failover (BENCHMARKS.md).
     pub fill_after_failover: bool,
     /// The secondary's DRAM budget for warm pages. Default: the engine's `dram`.
     pub secondary_dram: Option<ByteSize>,
@@ -129,7 +129,7 @@ impl Default for ReplicationSection {
             heat_every: 10,
             full_every: 100,
             preclean: false,
-            fill_after_failover: false,
+            fill_after_failover: true,
             secondary_dram: None,
         }
     }
