@@ -491,18 +491,24 @@ fn failover_starts_from_the_committed_checkpoint() {
     assert!(delta.iter().any(|d| d.home == Home::Inherited));
 }
 
-/// A new primary whose checkpoints read a dirty log (`logged_writes`) maps its warm pages
-/// writable: the guest's first writes cost no fault; a capture copies only the pages its log
-/// names, and sends the others as their inherited copies; an unnamed page still counts as dirty
-/// when evicted (its content is written, not assumed); write-protect captures are refused.
-#[test]
-fn logged_warm_pages_are_writable_and_sent_as_inherited_until_the_log_names_them() {
-    const PAGES: usize = 128;
-    let (cfg, _dir) = replicating(PAGES as u64, 128);
+/// What a new primary starts from: a failed primary's committed checkpoint of pages `0..100`,
+/// each holding `value`, in a guest of `pages` pages (its config and tiers in `cfg`/`_dir`), and
+/// a secondary's memory file holding the pages `warm` of it.
+struct Failover {
+    cfg: EngineConfig,
+    _dir: tempfile::TempDir,
+    map: ReplicaMap,
+    stored: Vec<u32>,
+    memfd: Memfd,
+    warm: Vec<(u32, u8)>,
+}
+
+fn failover(pages: usize, value: u64, warm: std::ops::Range<u32>) -> Failover {
+    let (cfg, dir) = replicating(pages as u64, 128);
     let primary = Engine::start(cfg.clone()).expect("start primary");
     let mem = primary.guest_words();
     for p in 0..100 {
-        write_page(mem, p, 7);
+        write_page(mem, p, value);
     }
     let mut map = ReplicaMap::new();
     apply(&mut map, &checkpoint(&primary, true));
@@ -510,14 +516,26 @@ fn logged_warm_pages_are_writable_and_sent_as_inherited_until_the_log_names_them
     let stored: Vec<u32> = map.iter().filter(|(_, (h, _))| *h != Home::Zero).map(|(&p, _)| p).collect();
     let source = Inherited { cfg: cfg.clone(), map: map.clone() };
     let memfd = Memfd::create("warm", cfg.memory.0).expect("memfd");
-    let warm: Vec<(u32, u8)> = (0..30).map(|p| (p, 90)).collect();
+    let warm: Vec<(u32, u8)> = warm.map(|p| (p, 90)).collect();
     for &(p, _) in &warm {
         let mut buf = vec![0u8; PAGE_SIZE];
         source.read(u64::from(p), &mut buf).expect("read warm page");
         memfd.write_at(&buf, p as u64 * PAGE_SIZE as u64).expect("fill warm page");
     }
+    Failover { cfg, _dir: dir, map, stored, memfd, warm }
+}
+
+/// A new primary whose checkpoints read a dirty log (`logged_writes`) maps its warm pages
+/// writable: the guest's first writes cost no fault; a capture copies only the pages its log
+/// names, and sends the others as their inherited copies; an unnamed page still counts as dirty
+/// when evicted (its content is written, not assumed); write-protect captures are refused.
+#[test]
+fn logged_warm_pages_are_writable_and_sent_as_inherited_until_the_log_names_them() {
+    const PAGES: usize = 128;
+    let Failover { cfg, _dir, map, stored, memfd, warm } = failover(PAGES, 7, 0..30);
     let (cfg2, _dir2) = replicating(PAGES as u64, 128);
-    let inh = Inheritance { memfd, warm, stored, source: std::sync::Arc::new(source), logged_writes: true };
+    let source = std::sync::Arc::new(Inherited { cfg, map });
+    let inh = Inheritance { memfd, warm, stored, source, logged_writes: true };
     let engine = Engine::start_inherited(cfg2, inh).expect("start inherited");
     let mem = engine.guest_words();
     write_page(mem, 5, 8);
@@ -565,24 +583,7 @@ fn logged_warm_pages_are_writable_and_sent_as_inherited_until_the_log_names_them
 #[test]
 fn inherited_pages_installed_in_bulk_are_served_without_reads() {
     const PAGES: usize = 128;
-    let (cfg, _dir) = replicating(PAGES as u64, 128);
-    let primary = Engine::start(cfg.clone()).expect("start primary");
-    let mem = primary.guest_words();
-    for p in 0..100 {
-        write_page(mem, p, 5);
-    }
-    let mut map = ReplicaMap::new();
-    apply(&mut map, &checkpoint(&primary, true));
-    drop(primary);
-    let stored: Vec<u32> = map.iter().filter(|(_, (h, _))| *h != Home::Zero).map(|(&p, _)| p).collect();
-    let source = Inherited { cfg: cfg.clone(), map: map.clone() };
-    let memfd = Memfd::create("warm", cfg.memory.0).expect("memfd");
-    let warm: Vec<(u32, u8)> = (0..10).map(|p| (p, 90)).collect();
-    for &(p, _) in &warm {
-        let mut buf = vec![0u8; PAGE_SIZE];
-        source.read(u64::from(p), &mut buf).expect("read warm page");
-        memfd.write_at(&buf, p as u64 * PAGE_SIZE as u64).expect("fill warm page");
-    }
+    let Failover { cfg, _dir, map, stored, memfd, warm } = failover(PAGES, 5, 0..10);
     // 64 frames of DRAM, 8 of them headroom: room for 46 more pages beside the 10 warm ones.
     let (mut cfg2, _dir2) = replicating(PAGES as u64, 64);
     cfg2.mtm.headroom_pages = 8;
