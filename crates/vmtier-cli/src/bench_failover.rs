@@ -84,8 +84,8 @@ pub struct Args {
     /// Directory for the shared log and every engine's tiers (removed afterwards).
     #[arg(long, default_value = "vmtier-data/bench-failover")]
     pub dir: PathBuf,
-    /// `warm` without the new primary's background fill of the pages its warm set lacks
-    /// (`replication.fill_after_failover = false`; it is on by default).
+    /// `warm` without the new primary's background fill of the pages its warm set lacks (the
+    /// bench runs `warm` with it, as `replication.fill_after_failover = true` does).
     #[arg(long)]
     pub no_fill: bool,
     /// Print one JSON document instead of tables.
