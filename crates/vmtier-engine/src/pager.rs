@@ -350,7 +350,7 @@ impl Pager {
         let filled = match install() {
             Ok(f) => f,
             Err(e) => {
-                g.clear(DIRTY | LOGGED);
+                g.clear(DIRTY);
                 return Err(e);
             }
         };
