@@ -25,10 +25,14 @@
 //! writable again after a sampling unmap. Such a copy cannot become its page's home at
 //! `persist`: the guest may have written the page since the capture, and only the next
 //! capture's log will say so. The copy belongs to the replica alone, and the page joins the
-//! *quiet* set, which counts the captures that found it unwritten. At
-//! [`ADOPT_AFTER_QUIET_CAPTURES`] in a row the page has gone cold: that capture takes it the
-//! write-protect way (protected, copied, `CAPTURED`), and `persist` adopts the copy as above.
-//! A later write is then seen by its WP fault. An engine uses one mode for its life.
+//! *quiet* set, which counts the captures that found it unwritten and remembers the copy
+//! `persist` wrote. At [`ADOPT_AFTER_QUIET_CAPTURES`] in a row the page has gone cold, and its
+//! content is still that copy's (no log named it since): that capture write-protects it and
+//! adopts the copy — still the committed replica's — as its home, clean, with no second copy
+//! and nothing in the checkpoint (the replica already has it). A later write is then seen by
+//! its WP fault. A page whose copy is not the committed one (its checkpoint failed, or never
+//! persisted) is taken the write-protect way instead (protected, copied, `CAPTURED`), and
+//! `persist` adopts the new copy as above. An engine uses one mode for its life.
 //!
 //! **Ownership of stored copies.** A tier-2 slot or tier-3 page may be referenced by the engine's
 //! page table (the page's home), by the committed replica map, or by the checkpoint in flight.
@@ -107,9 +111,8 @@ pub(crate) struct ReplTrack {
     pub(crate) retained: AtomicU64,
     /// The engine's capture [`Mode`].
     mode: AtomicU8,
-    /// Dirty-log mode: pages captured without write-protection, not adopted yet → captures
-    /// since that found them unwritten.
-    quiet: Mutex<HashMap<u32, u8>>,
+    /// Dirty-log mode: pages captured without write-protection, not adopted yet.
+    quiet: Mutex<HashMap<u32, Quiet>>,
 }
 
 impl ReplTrack {
@@ -147,22 +150,35 @@ impl ReplTrack {
 
     /// Dirty-log mode, at a capture: every quiet page not in `changed` (sorted) was unwritten
     /// since the previous capture and counts one more; returns (and forgets) those that reach
-    /// [`ADOPT_AFTER_QUIET_CAPTURES`]. Pages in `changed` leave the set (a copy puts them back).
-    fn age_quiet(&self, changed: &[u32]) -> Vec<u32> {
+    /// [`ADOPT_AFTER_QUIET_CAPTURES`], sorted by page. Pages in `changed` leave the set (a copy
+    /// puts them back).
+    fn age_quiet(&self, changed: &[u32]) -> Vec<(u32, Quiet)> {
         let mut ripe = Vec::new();
         self.quiet.lock().retain(|&page, quiet| {
             if changed.binary_search(&page).is_ok() {
                 return false;
             }
-            *quiet += 1;
-            if *quiet >= ADOPT_AFTER_QUIET_CAPTURES {
-                ripe.push(page);
+            quiet.captures += 1;
+            if quiet.captures >= ADOPT_AFTER_QUIET_CAPTURES {
+                ripe.push((page, *quiet));
                 return false;
             }
             true
         });
-        ripe.sort_unstable();
+        ripe.sort_unstable_by_key(|r| r.0);
         ripe
+    }
+
+    /// Dirty-log mode, at `persist`: the copy of quiet `page` just written.
+    fn note_quiet_copy(&self, page: u32, home: Home, crc: u32, tag: crate::PageTag) {
+        if let Some(q) = self.quiet.lock().get_mut(&page) {
+            q.copy = Some((home, crc, tag));
+        }
+    }
+
+    /// Whether the committed replica holds `home` as `page`'s copy.
+    fn committed_is(&self, page: u32, home: Home) -> bool {
+        self.committed[page as usize].load(Ordering::Acquire) == home.word()
     }
 
     /// Fixes dirty-log mode before the first capture (an engine with `LOGGED` pages).
@@ -263,8 +279,18 @@ impl ReplTrack {
 
     /// DRAM used by the tracking.
     pub(crate) fn bytes(&self) -> u64 {
-        (self.changed.len() * 8 + self.committed.len() * 8 + self.quiet.lock().capacity() * 8) as u64
+        let quiet = self.quiet.lock().capacity() * (std::mem::size_of::<(u32, Quiet)>() + 1);
+        (self.changed.len() * 8 + self.committed.len() * 8 + quiet) as u64
     }
+}
+
+/// Dirty-log mode: a page captured without write-protection and not adopted yet.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quiet {
+    /// Captures since its copy that found it unwritten.
+    captures: u8,
+    /// The copy `persist` wrote of it (home, crc32c, tag): its content while no log names it.
+    copy: Option<(Home, u32, crate::PageTag)>,
 }
 
 /// Takes a page's lock, waiting for a move in progress to finish (moves hold it for one I/O).
@@ -365,11 +391,8 @@ impl Pager {
                 stored.push(DeltaPage { page, home: v.home(), crc: v.crc, tag: self.tags.get(page as usize) });
             }
         }
-        for &page in &ripe {
-            // Evicted or adopted since: nothing to adopt, and the replica has its content.
-            if needs_copy(self.table.get(page as usize).view().word) {
-                to_copy.push((page, true));
-            }
+        for page in self.adopt_quiet(r, &ripe)? {
+            to_copy.push((page, true));
         }
         let mut data = AlignedBuf::zeroed(to_copy.len().max(1) * PAGE_SIZE);
         let mut copied = Vec::with_capacity(to_copy.len());
@@ -411,10 +434,49 @@ impl Pager {
                 copied.push((page as u32, home, protect));
             }
             if !quiet.is_empty() {
-                r.quiet.lock().extend(quiet.into_iter().map(|p| (p, 0)));
+                r.quiet.lock().extend(quiet.into_iter().map(|p| (p, Quiet::default())));
             }
         }
         Ok(Capture { copied, data, stored })
+    }
+
+    /// Dirty-log mode, within a capture: the `ripe` quiet pages (sorted) whose committed replica
+    /// copy is the one `persist` wrote of them are write-protected and adopt it as their home,
+    /// clean. Returns the others still dirty in DRAM, for the capture to copy the write-protect
+    /// way. Pages evicted since need nothing: the replica has their content.
+    fn adopt_quiet(&self, r: &ReplTrack, ripe: &[(u32, Quiet)]) -> Result<Vec<u32>, EngineError> {
+        let mut recopy = Vec::new();
+        for chunk in ripe.chunks(CAPTURE_CHUNK) {
+            let mut held = Vec::with_capacity(chunk.len());
+            for &(page, q) in chunk {
+                let g = lock_page(self.table.get(page as usize));
+                if !needs_copy(g.view().word) {
+                    continue;
+                }
+                match q.copy {
+                    Some(copy) if r.committed_is(page, copy.0) => held.push((page as usize, g, copy)),
+                    _ => recopy.push(page),
+                }
+            }
+            // Write-protect before the page turns clean, so its next write is seen.
+            let pages: Vec<usize> = held.iter().map(|h| h.0).collect();
+            for (first, n) in runs(&pages) {
+                self.uffd
+                    .write_protect(self.addr(first), n * PAGE_SIZE, true, false)
+                    .map_err(page_err("UFFDIO_WRITEPROTECT", first))?;
+            }
+            for (page, g, (home, crc, tag)) in held {
+                let old = g.view().home();
+                g.set_home(home, crc);
+                self.tags.set(page, tag);
+                g.clear(DIRTY);
+                if old != home && !r.retains(page, old) {
+                    self.release(old);
+                }
+                bump(&self.stats.checkpoint_adopted);
+            }
+        }
+        Ok(recopy)
     }
 
     /// Step 2 of a checkpoint, with the guest running: writes the captured copies to tier 2,
@@ -436,6 +498,9 @@ impl Pager {
                 let g = lock_page(self.table.get(page as usize));
                 let v = g.view();
                 // Only a write-protected capture can tell that the page is unwritten since.
+                if !protected {
+                    r.note_quiet_copy(page, home, crc, tag);
+                }
                 if protected && v.word & CAPTURE_INTACT == CAPTURE_INTACT && v.home() == captured_home {
                     // Unchanged since the capture: the checkpoint's copy is its content.
                     g.set_home(home, crc);
