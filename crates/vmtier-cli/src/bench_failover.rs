@@ -349,7 +349,7 @@ fn one_failover(
         let (first, t90, last_rate) = figures(&samples, started, pre_rate, Duration::from_millis(args.window_ms));
         if !args.json {
             eprintln!(
-                "  {name}: resumed after {}, first progress {}, back to 90% {}; write faults {}, sample faults {}, filled {} in {} (reads {})",
+                "  {name}: resumed after {}, first progress {}, back to 90% {}; write faults {}, sample faults {}, filled {} in {} (reads {} in {} requests)",
                 fmt_s(Some(resume_s)),
                 fmt_s(first),
                 fmt_s(t90),
@@ -357,7 +357,8 @@ fn one_failover(
                 snap.sample_faults,
                 filled.installed,
                 fmt_s(Some(filled.seconds)),
-                fmt_s(Some(filled.read_seconds))
+                fmt_s(Some(filled.read_seconds)),
+                filled.requests
             );
         }
         rows.push(Row {

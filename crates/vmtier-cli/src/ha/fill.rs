@@ -30,6 +30,9 @@ pub struct FillReport {
     pub unreadable: usize,
     /// Bytes read from shared storage.
     pub bytes_read: u64,
+    /// Read requests sent through the fill's reader meanwhile (a tier-2 span, or a batch of one
+    /// tier-3 segment's pages, is one).
+    pub requests: u64,
     /// Seconds from start to the end of the fill.
     pub seconds: f64,
     /// Of which reading (and checking) pages from shared storage.
@@ -60,6 +63,7 @@ pub fn plan(map: &ReplicaMap, warm: &HashSet<u32>) -> Vec<PageLoc> {
 /// installs the last (two buffers go back and forth).
 pub fn run(engine: &Engine, pages: &SharedPages, plan: &[PageLoc], stop: &AtomicBool) -> FillReport {
     let started = Instant::now();
+    let requests_before = pages.requests();
     let mut report = FillReport::default();
     let done = AtomicBool::new(false);
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Batch>(1);
@@ -98,6 +102,7 @@ pub fn run(engine: &Engine, pages: &SharedPages, plan: &[PageLoc], stop: &Atomic
         drop(empty_tx);
     });
     report.seconds = started.elapsed().as_secs_f64();
+    report.requests = pages.requests() - requests_before;
     report
 }
 

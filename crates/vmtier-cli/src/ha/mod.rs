@@ -132,6 +132,9 @@ pub struct SharedPages {
     /// Copies refused for their tag so far (logged sparingly: a store of forged pages must not
     /// flood the log; each caller gets its error regardless).
     refused: std::sync::atomic::AtomicU64,
+    /// Read requests sent to storage so far (a span of tier-2 slots or a batch of one tier-3
+    /// segment's pages counts one).
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl SharedPages {
@@ -142,6 +145,7 @@ impl SharedPages {
             tier2: Mutex::new(HashMap::new()),
             tier3: Mutex::new(HashMap::new()),
             refused: std::sync::atomic::AtomicU64::new(0),
+            requests: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -194,8 +198,20 @@ impl SharedPages {
         ))
     }
 
+    /// Read requests sent to storage so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_request(&self) {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Reads the page at `loc` into `out`, checked against `crc` only.
     fn read_unchecked(&self, loc: Location, crc: u32, out: &mut [u8]) -> std::io::Result<()> {
+        if loc != Location::Zero {
+            self.count_request();
+        }
         let corrupt = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
         match loc {
             Location::Zero => {
@@ -218,16 +234,19 @@ impl SharedPages {
     /// Reads many pages at once: `reqs[i]` into `out[i * 4096..]` (each checked as by
     /// [`read`](Self::read)), returning
     /// each page's outcome. Tier-2 copies are sorted by slot and read in spans of neighbouring
-    /// slots (one read per span, gaps of at most [`SPAN_GAP`] slots read and discarded), on
-    /// [`READ_THREADS`] threads so that the disk sees several reads at a time; tier-3 and zero
-    /// pages go through [`read`](Self::read). A span that fails is retried page by page, so one
-    /// bad copy fails only its own page.
+    /// slots (one read per span, gaps of at most [`SPAN_GAP`] slots read and discarded); tier-3
+    /// copies are grouped by segment, each group one batched ranged request
+    /// ([`ObjectTier::read_many`]), so an object store sees one request per segment rather than
+    /// one per page. Spans are read on [`READ_THREADS`] threads, so that storage sees several
+    /// reads at a time but never more; zero pages go through [`read`](Self::read). A span that
+    /// fails is retried page by page, so one bad copy fails only its own page.
     pub fn read_many(&self, reqs: &[PageLoc], out: &mut [u8]) -> Vec<std::io::Result<()>> {
         assert_eq!(out.len(), reqs.len() * PAGE_SIZE, "read_many: out must hold one page per request");
         let mut order: Vec<usize> = (0..reqs.len()).collect();
         let key = |i: &usize| match reqs[*i].loc {
-            Location::Ssd { store, slot } => (0, store, slot),
-            _ => (1, 0, 0),
+            Location::Ssd { store, slot } => (0, store, u64::from(slot)),
+            Location::Object { store, segment, index } => (1, store, (u64::from(segment) << 16) | u64::from(index)),
+            Location::Zero => (2, 0, 0),
         };
         order.sort_unstable_by_key(key);
         // Spans of requests: indices into `order`.
@@ -244,6 +263,10 @@ impl SharedPages {
                             && x / spf == y / spf
                             && y - reqs_first(reqs, &order, start) < MAX_SPAN
                     }
+                    (
+                        Location::Object { store: a, segment: x, index: i },
+                        Location::Object { store: b, segment: y, index: j },
+                    ) => a == b && x == y && j > i && k - start < MAX_OBJECT_SPAN,
                     _ => false,
                 };
             if !joins {
@@ -297,13 +320,16 @@ impl SharedPages {
             }
         };
         let (Some(&first), Some(&last)) = (idx.first(), idx.last()) else { return };
+        if idx.len() == 1 {
+            return one_by_one(buf, results);
+        }
+        if let Location::Object { store, .. } = reqs[first].loc {
+            return self.read_object_span(store, reqs, idx, pages, results).unwrap_or_else(|| one_by_one(buf, results));
+        }
         let (Location::Ssd { store, slot: lo }, Location::Ssd { slot: hi, .. }) = (reqs[first].loc, reqs[last].loc)
         else {
             return one_by_one(buf, results);
         };
-        if idx.len() == 1 {
-            return one_by_one(buf, results);
-        }
         let n = (hi - lo + 1) as usize;
         let mut expected = vec![None; n];
         for &i in idx {
@@ -312,6 +338,7 @@ impl SharedPages {
             }
         }
         let mut span = AlignedBuf::zeroed(n * PAGE_SIZE);
+        self.count_request();
         let ok = self.tier2(store).is_ok_and(|t| t.read_span(SlotId(lo), &expected, &mut span).is_ok());
         if !ok {
             return one_by_one(buf, results);
@@ -327,7 +354,47 @@ impl SharedPages {
             }
         }
     }
+
+    /// Reads the requests `idx` (pages of one segment of epoch `store`'s tier 3) with one batched
+    /// request, checks each page's tag and pushes its outcome to `results`. `None` if the request
+    /// failed as a whole (the caller then reads page by page, so one bad copy fails only its own
+    /// page).
+    fn read_object_span(
+        &self,
+        store: u64,
+        reqs: &[PageLoc],
+        idx: &[usize],
+        pages: &[std::sync::Mutex<&mut [u8]>],
+        results: &mut Vec<(usize, std::io::Result<()>)>,
+    ) -> Option<()> {
+        let want: Vec<(SegmentLoc, u32)> = idx
+            .iter()
+            .filter_map(|&i| match reqs[i].loc {
+                Location::Object { segment, index, .. } => Some((SegmentLoc { segment, index }, reqs[i].crc)),
+                _ => None,
+            })
+            .collect();
+        if want.len() != idx.len() {
+            return None;
+        }
+        let mut data = vec![0u8; idx.len() * PAGE_SIZE];
+        self.count_request();
+        self.tier3(store).ok()?.read_many(&want, &mut data).ok()?;
+        for (k, &i) in idx.iter().enumerate() {
+            let page = &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE];
+            let r = self.check_tag(&reqs[i], page);
+            if r.is_ok() {
+                pages[i].lock().unwrap_or_else(|p| p.into_inner()).copy_from_slice(page);
+            }
+            results.push((i, r));
+        }
+        Some(())
+    }
 }
+
+/// Most pages of one tier-3 segment that one request of [`SharedPages::read_many`] asks for
+/// (1 MiB).
+const MAX_OBJECT_SPAN: usize = 256;
 
 /// Most slots between two wanted ones that [`SharedPages::read_many`] reads through rather than
 /// starting a new read.
@@ -376,4 +443,78 @@ impl vmtier_engine::InheritedPages for InheritedMap {
 pub fn holder_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
     format!("{}:{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(n: u32, fill: u8) -> Vec<u8> {
+        let mut p = vec![fill; PAGE_SIZE];
+        p[..4].copy_from_slice(&n.to_le_bytes());
+        p
+    }
+
+    /// `read_many` over tier-3 pages of two segments (read one batched request per segment),
+    /// zeros and a bad copy: every good page comes back whole, in request order, and a bad crc
+    /// or a bad tag fails only its own page.
+    #[test]
+    fn read_many_batches_tier3_pages_and_fails_only_bad_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = EngineConfig::default();
+        engine.tier2.dir = dir.path().join("tier2");
+        engine.tier3.url = dir.path().join("tier3").to_string_lossy().into_owned();
+        let key = ClusterKey::from_bytes(&[7u8; 32], "test key").unwrap();
+        let layout = Layout {
+            shared: ObjectConfig::new(dir.path().join("shared").to_string_lossy().into_owned()),
+            tier2_base: engine.tier2.dir.clone(),
+            engine,
+            key: key.clone(),
+        };
+        let epoch = 3;
+        let writer = ObjectTier::open(layout.tier3(epoch)).unwrap();
+        let mut reqs = Vec::new();
+        for (seg, first) in [(0u8, 0u32), (1, 100)] {
+            let data: Vec<Vec<u8>> = (first..first + 40).map(|n| page(n, seg + 1)).collect();
+            let pages: Vec<(u64, &[u8])> =
+                data.iter().enumerate().map(|(i, d)| (u64::from(first) + i as u64, &d[..])).collect();
+            let locs = writer.write_segment(&pages).unwrap();
+            for ((n, d), (loc, crc)) in (first..).zip(&data).zip(locs) {
+                let loc = Location::Object { store: epoch, segment: loc.segment, index: loc.index };
+                reqs.push(PageLoc { page: n, loc, crc, tag: key.page_tag(n, d) });
+            }
+        }
+        // Interleave the segments, skip some pages, add a zero page.
+        let mut asked: Vec<PageLoc> = reqs.iter().step_by(3).copied().rev().collect();
+        asked.push(PageLoc { page: 999, loc: Location::Zero, crc: 0, tag: [0; 16] });
+        let shared = SharedPages::new(layout);
+        let bad_tag = 9;
+        asked[bad_tag].tag[0] ^= 1;
+        check(&shared, &asked, &[bad_tag]);
+        assert_eq!(shared.requests(), 2, "one request per segment");
+        // A bad crc fails its segment's batch, which is then read page by page.
+        let bad_crc = 2;
+        asked[bad_crc].crc ^= 1;
+        check(&shared, &asked, &[bad_crc, bad_tag]);
+    }
+
+    /// Reads `asked` with `read_many`: the pages `bad` fail as corrupt, the others come back whole.
+    fn check(shared: &SharedPages, asked: &[PageLoc], bad: &[usize]) {
+        let mut out = vec![0u8; asked.len() * PAGE_SIZE];
+        let results = shared.read_many(asked, &mut out);
+        assert_eq!(results.len(), asked.len());
+        for (i, (p, r)) in asked.iter().zip(&results).enumerate() {
+            let got = &out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+            if bad.contains(&i) {
+                let e = r.as_ref().expect_err("a bad copy was returned");
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+            } else if p.loc == Location::Zero {
+                assert!(r.is_ok() && got.iter().all(|&b| b == 0), "zero page");
+            } else {
+                assert!(r.is_ok(), "page {}: {:?}", p.page, r);
+                let fill = if p.page < 100 { 1 } else { 2 };
+                assert!(got == page(p.page, fill), "page {} came back wrong", p.page);
+            }
+        }
+    }
 }
