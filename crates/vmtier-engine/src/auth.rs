@@ -101,8 +101,11 @@ impl Tags {
         if !self.enabled() {
             return true;
         }
-        let want = self.get(page);
-        let got = self.compute(page, data);
-        want.iter().zip(&got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        tags_equal(&self.get(page), &self.compute(page, data))
     }
+}
+
+/// Whether two tags are equal, in constant time.
+pub(crate) fn tags_equal(a: &PageTag, b: &PageTag) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -80,6 +80,13 @@ pub trait InheritedPages: Send + Sync + std::fmt::Debug {
 
     /// crc32c of the inherited copy of `page`, or `None` if it has none (its content is zeros).
     fn crc(&self, page: u64) -> Option<u32>;
+
+    /// The keyed tag ([`crate::PageAuth`]) of the inherited copy of `page`, if known. With it, an
+    /// engine that authenticates pages evicts a `LOGGED` page (counted dirty, maybe written)
+    /// whose content still carries this tag without a write: it keeps the inherited copy.
+    fn tag(&self, _page: u64) -> Option<crate::PageTag> {
+        None
+    }
 }
 
 /// What a secondary hands [`Engine::start_inherited`] at failover.
@@ -672,6 +679,10 @@ pub struct Snapshot {
     pub direct_reclaims: u64,
     /// Evictions without a write (unchanged pages).
     pub clean_evictions: u64,
+    /// Of those, pages counted dirty because the caller's dirty log, not a fault, reports their
+    /// writes (`Inheritance::logged_writes`) whose content was still their inherited copy's
+    /// (same crc32c and keyed tag): they kept that copy instead of being written.
+    pub unchanged_evictions: u64,
     /// Stored pages moved tier 2 -> 3.
     pub moves_2_to_3: u64,
     /// Stored pages moved tier 3 -> 2.
@@ -817,6 +828,7 @@ fn snapshot(p: &Pager, cfg: &EngineConfig, policy: &'static str) -> Snapshot {
         demotions: l(&s.demotions),
         direct_reclaims: l(&s.direct_reclaims),
         clean_evictions: l(&s.clean_evictions),
+        unchanged_evictions: l(&s.unchanged_evictions),
         moves_2_to_3: l(&s.moves_2_to_3),
         moves_3_to_2: l(&s.moves_3_to_2),
         tier2_bytes_written: l(&s.tier2_bytes_written),

@@ -41,6 +41,8 @@ pub struct Stats {
     pub bytes_read: AtomicU64,
     /// Evictions that skipped the write because the page was unchanged.
     pub clean_evictions: AtomicU64,
+    /// Of those, `LOGGED` pages found equal to their inherited copy.
+    pub unchanged_evictions: AtomicU64,
     /// Faults deferred because their page was being moved or DRAM could not be freed at once.
     pub parked: AtomicU64,
     /// Resident pages unmapped for access sampling.
@@ -99,6 +101,7 @@ impl Default for Stats {
             tier3_bytes_written: z(),
             bytes_read: z(),
             clean_evictions: z(),
+            unchanged_evictions: z(),
             parked: z(),
             sampled: z(),
             corrupt: z(),

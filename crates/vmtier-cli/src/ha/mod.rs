@@ -437,6 +437,11 @@ impl vmtier_engine::InheritedPages for InheritedMap {
         let page = u32::try_from(page).ok()?;
         self.map.get(page).filter(|(loc, _)| *loc != Location::Zero).map(|(_, crc)| crc)
     }
+
+    fn tag(&self, page: u64) -> Option<vmtier_engine::PageTag> {
+        let e = self.map.entry(u32::try_from(page).ok()?)?;
+        (e.loc != Location::Zero).then_some(e.tag)
+    }
 }
 
 /// A name for this process in the lease: `host:pid`.
