@@ -85,7 +85,7 @@ pub struct Args {
     #[arg(long, default_value = "vmtier-data/bench-failover")]
     pub dir: PathBuf,
     /// `warm` without the new primary's background fill of the pages its warm set lacks (the
-    /// bench runs `warm` with it, as `replication.fill_after_failover = true` does).
+    /// bench runs `warm` with it, as `replication.fill_after_failover` does by default).
     #[arg(long)]
     pub no_fill: bool,
     /// Print one JSON document instead of tables.

@@ -105,9 +105,9 @@ pub struct ReplicationSection {
     /// default: measured, it costs more guest time than it saves (BENCHMARKS.md).
     pub preclean: bool,
     /// After a failover, read the pages the warm set lacks in the background into free DRAM
-    /// (`ha/fill.rs`), mapped, behind the resumed guest. It removes most of the faults after a
-    /// failover on a shared directory (BENCHMARKS.md), but reads tier-3 (object store) pages
-    /// one ranged GET each, which floods an S3 server; off by default until those are batched.
+    /// (`ha/fill.rs`), mapped, behind the resumed guest: it removes most of the faults after a
+    /// failover (BENCHMARKS.md). Tier-3 (object store) pages are read one batched request per
+    /// segment. On by default.
     pub fill_after_failover: bool,
     /// The secondary's DRAM budget for warm pages. Default: the engine's `dram`.
     pub secondary_dram: Option<ByteSize>,
@@ -130,7 +130,7 @@ impl Default for ReplicationSection {
             heat_every: 10,
             full_every: 100,
             preclean: false,
-            fill_after_failover: false,
+            fill_after_failover: true,
             secondary_dram: None,
         }
     }
