@@ -10,7 +10,8 @@ use vmtier_engine::page_table::POISONED;
 use vmtier_engine::{Engine, Home, Tier};
 
 use common::{
-    check_page, config, flip_byte, page_bytes, read_host, retry_busy, tier2_location, tier3_location, write_page,
+    TestAuth, check_page, config, flip_byte, page_bytes, read_host, retry_busy, tier2_location, tier3_location,
+    write_page,
 };
 
 const PAGES: u64 = 128;
@@ -114,25 +115,6 @@ fn corruption_found_while_moving_between_tiers() {
     // Page 10 is untouched by all of this.
     assert_eq!(read_host(&engine, 10).expect("page 10"), page_bytes(10, 110));
     check_page(engine.guest_words(), 10, 110);
-}
-
-/// A keyed tag for the test: the engine only needs some function of (page, bytes) that others
-/// cannot compute; FNV-1a over a secret, the page number and the bytes stands in for the
-/// cluster key's HMAC here.
-#[derive(Debug)]
-struct TestAuth(u64);
-
-impl vmtier_engine::PageAuth for TestAuth {
-    fn tag(&self, page: u32, data: &[u8]) -> vmtier_engine::PageTag {
-        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.0;
-        for &b in page.to_le_bytes().iter().chain(data) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let mut t = [0u8; 16];
-        t[..8].copy_from_slice(&h.to_le_bytes());
-        t[8..].copy_from_slice(&(!h).to_le_bytes());
-        t
-    }
 }
 
 /// Replaces `file` at `offset` with a page of other bytes but the same crc32c as what is there.

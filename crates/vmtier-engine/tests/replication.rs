@@ -19,7 +19,7 @@ use vmtier_engine::{
 use vmtier_storage::segment;
 use vmtier_uffd::Memfd;
 
-use common::{check_page, config, page_bytes, read_host, retry_busy, with_deadline, write_page};
+use common::{TestAuth, check_page, config, page_bytes, read_host, retry_busy, with_deadline, write_page};
 
 /// The replica's view: page → (stored copy, crc), as the log's checkpoints build it.
 type ReplicaMap = HashMap<u32, (Home, u32)>;
@@ -582,29 +582,11 @@ fn logged_warm_pages_are_writable_and_sent_as_inherited_until_the_log_names_them
     }
 }
 
-/// A keyed tag for these tests (FNV-1a over a secret, the page number and the bytes), standing
-/// in for the cluster key's HMAC.
-#[derive(Debug, Clone, Copy)]
-struct Fnv(u64);
-
-impl vmtier_engine::PageAuth for Fnv {
-    fn tag(&self, page: u32, data: &[u8]) -> vmtier_engine::PageTag {
-        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.0;
-        for &b in page.to_le_bytes().iter().chain(data) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let mut t = [0u8; 16];
-        t[..8].copy_from_slice(&h.to_le_bytes());
-        t[8..].copy_from_slice(&h.rotate_left(17).to_le_bytes());
-        t
-    }
-}
-
 /// An inherited checkpoint whose copies carry keyed tags, as the cluster's do.
 #[derive(Debug)]
 struct Tagged {
     pages: Inherited,
-    auth: Fnv,
+    auth: TestAuth,
 }
 
 impl InheritedPages for Tagged {
@@ -633,7 +615,7 @@ fn logged_pages_still_equal_to_their_inherited_copy_are_evicted_without_a_write(
     const PAGES: usize = 128;
     let Failover { cfg, _dir, map, stored, memfd, warm } = failover(PAGES, 7, 0..30);
     let (mut cfg2, _dir2) = replicating(PAGES as u64, 128);
-    let auth = Fnv(0x5eed);
+    let auth = TestAuth(0x5eed);
     cfg2.page_auth = Some(vmtier_engine::PageAuthHandle(Arc::new(auth)));
     let old_crc = map[&6].1;
     let source = Arc::new(Tagged { pages: Inherited { cfg, map }, auth });

@@ -156,3 +156,22 @@ pub fn configure_tier3(cfg: &mut EngineConfig, server: &s3::S3Server, prefix: &s
     cfg.tier3.secret_access_key = o.secret_access_key;
     cfg.tier3.allow_http = o.allow_http;
 }
+
+/// A keyed tag for tests: the engine only needs some function of (page, bytes) that others
+/// cannot compute; FNV-1a over a secret, the page number and the bytes stands in for the
+/// cluster key's HMAC here.
+#[derive(Debug, Clone, Copy)]
+pub struct TestAuth(pub u64);
+
+impl vmtier_engine::PageAuth for TestAuth {
+    fn tag(&self, page: u32, data: &[u8]) -> vmtier_engine::PageTag {
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.0;
+        for &b in page.to_le_bytes().iter().chain(data) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&h.to_le_bytes());
+        t[8..].copy_from_slice(&(!h).to_le_bytes());
+        t
+    }
+}
