@@ -414,6 +414,13 @@ struct AllocState {
 }
 
 impl AllocState {
+    /// Marks free `slot` allocated (files of `spf` slots); the caller then summarizes its word.
+    fn take(&mut self, slot: u32, spf: u32) {
+        set_bit(&mut self.live, slot, true);
+        set_bit(&mut self.hole, slot, false);
+        self.live_per_file[(slot / spf) as usize] += 1;
+    }
+
     /// Brings the summary bit of `live` word `w` up to date, and the hint down to it if it has
     /// a free slot.
     fn summarize(&mut self, w: usize) {
@@ -694,10 +701,8 @@ impl SsdStore {
                 st.lowest_free(slots).expect("a new slot file has free slots")
             }
         };
-        set_bit(&mut st.live, slot, true);
-        set_bit(&mut st.hole, slot, false);
+        st.take(slot, self.spf());
         st.summarize(slot as usize / 64);
-        st.live_per_file[(slot / self.spf()) as usize] += 1;
         Ok(SlotId(slot))
     }
 
@@ -767,9 +772,7 @@ impl SsdStore {
                     let take = (n - out.len()).min(64);
                     for b in 0..take {
                         let slot = (w * 64 + b) as u32;
-                        set_bit(&mut st.live, slot, true);
-                        set_bit(&mut st.hole, slot, false);
-                        st.live_per_file[(slot / spf) as usize] += 1;
+                        st.take(slot, spf);
                         out.push(SlotId(slot));
                     }
                     st.summarize(w);
