@@ -480,11 +480,8 @@ impl Pager {
         self.memfd.read_at(buf, Self::offset(page)).map_err(page_err("pread", page))?;
         if dirty && buf.iter().all(|&b| b == 0) {
             g.set_home(Home::Zero, 0);
-        } else if dirty && v.word & LOGGED != 0 && v.home() == Home::Inherited && self.still_inherited(page, buf) {
-            // Write-protected by the caller, so `buf` is its final content: the inherited copy.
-            g.clear(DIRTY);
-            bump(&self.stats.clean_evictions);
-            bump(&self.stats.unchanged_evictions);
+        } else if dirty && self.clean_if_inherited(page, g, v, buf) {
+            // Write-protected by the caller, so `buf` is its final content.
             return Ok(());
         } else {
             let err = |source| EngineError::Tier2 { page: page as u64, source };
@@ -867,11 +864,8 @@ impl Pager {
                     dropped.push((page, g));
                     continue;
                 }
-                if v.word & LOGGED != 0 && v.home() == Home::Inherited && self.still_inherited(page, chunk) {
-                    // Write-protected above, so `chunk` is its final content: the inherited copy.
-                    g.clear(DIRTY);
-                    bump(&self.stats.clean_evictions);
-                    bump(&self.stats.unchanged_evictions);
+                if self.clean_if_inherited(page, &g, &v, chunk) {
+                    // Write-protected above, so `chunk` is its final content.
                     dropped.push((page, g));
                     continue;
                 }
@@ -954,13 +948,24 @@ impl Pager {
         Ok(done)
     }
 
-    /// Whether `data`, the content of `LOGGED` page `page`, is still its inherited copy: the
-    /// same crc32c (a cheap first test) and the same keyed tag (which a changed page cannot
-    /// match by chance). Never, when pages are not authenticated or the tag is unknown.
-    fn still_inherited(&self, page: usize, data: &[u8]) -> bool {
+    /// At an eviction: whether `data`, the final content of `page` (`v`), is a `LOGGED` page
+    /// still equal to its inherited copy — the same crc32c (a cheap first test) and the same
+    /// keyed tag (which a changed page cannot match by chance). If so the page is marked clean
+    /// and counted, for the caller to drop without a write. Never, when pages are not
+    /// authenticated or the tag is unknown.
+    fn clean_if_inherited(&self, page: usize, g: &PageGuard<'_>, v: &PageView, data: &[u8]) -> bool {
+        if v.word & LOGGED == 0 || v.home() != Home::Inherited {
+            return false;
+        }
         let Some(src) = self.inherited.as_ref().filter(|_| self.tags.enabled()) else { return false };
         let (Some(crc), Some(tag)) = (src.crc(page as u64), src.tag(page as u64)) else { return false };
-        crc32c::crc32c(data) == crc && crate::auth::tags_equal(&self.tags.compute(page, data), &tag)
+        if crc32c::crc32c(data) != crc || !crate::auth::tags_equal(&self.tags.compute(page, data), &tag) {
+            return false;
+        }
+        g.clear(DIRTY);
+        bump(&self.stats.clean_evictions);
+        bump(&self.stats.unchanged_evictions);
+        true
     }
 
     /// Writes pages (back to back in `data`) to freshly allocated tier-2 slots.
